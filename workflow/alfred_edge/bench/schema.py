@@ -1,0 +1,81 @@
+"""The results schema (workflow/schemas/results.schema.yaml): column names, types and units of
+the benchmark tables, and the Arrow tables built from it. The file is written in JSON syntax
+(valid YAML) so that the standalone runner needs only the standard library to read it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "results.schema.yaml"
+STATUSES = ("ok", "oom", "oom_killed", "timeout", "error", "skipped")
+
+_ARROW_TYPES = {
+    "string": pa.string(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "list<float64>": pa.list_(pa.float64()),
+    "list<int64>": pa.list_(pa.int64()),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    unit: str | None
+    description: str
+
+
+@lru_cache(maxsize=None)
+def load_schema(path: str = str(SCHEMA_PATH)) -> dict:
+    with open(path) as stream:
+        return json.load(stream)
+
+
+def schema_version() -> int:
+    return load_schema()["version"]
+
+
+def table_names() -> list[str]:
+    return list(load_schema()["tables"])
+
+
+def columns(table: str) -> list[Column]:
+    """Every column of `table`: the shared ones first, then the table's own."""
+    doc = load_schema()
+    if table not in doc["tables"]:
+        raise KeyError(f"no table {table!r} in {SCHEMA_PATH} (tables: {', '.join(doc['tables'])})")
+    return [Column(**c) for c in doc["shared_columns"] + doc["tables"][table]["columns"]]
+
+
+def path_pattern(table: str) -> str:
+    return load_schema()["tables"][table]["path"]
+
+
+def arrow_schema(table: str) -> pa.Schema:
+    fields = []
+    for col in columns(table):
+        metadata = {"unit": col.unit or "", "description": col.description}
+        fields.append(pa.field(col.name, _ARROW_TYPES[col.type], nullable=True, metadata=metadata))
+    return pa.schema(fields, metadata={"table": table, "schema_version": str(schema_version())})
+
+
+def to_arrow(table: str, rows: list[dict]) -> pa.Table:
+    """Rows (dicts) → an Arrow table with exactly the schema's columns; a missing key is null.
+    A key the schema does not know, or a status outside STATUSES, is an error: a typo must not
+    silently become an empty column."""
+    schema = arrow_schema(table)
+    known = set(schema.names)
+    for row in rows:
+        unknown = sorted(set(row) - known)
+        if unknown:
+            raise KeyError(f"columns not in the {table!r} table of {SCHEMA_PATH.name}: {unknown}")
+        if row.get("status") not in STATUSES:
+            raise ValueError(f"status {row.get('status')!r} is not one of {STATUSES}")
+    data = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.Table.from_pydict(data, schema=schema)
