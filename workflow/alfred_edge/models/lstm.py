@@ -1,0 +1,212 @@
+"""`lstm`: ALFRED's seq2seq_im_mask (askforalfred/alfred, models/model/seq2seq_im_mask.py and
+models/nn/vnn.py), re-implemented in one file.
+
+Module names reproduce ALFRED's state_dict keys (emb_word, emb_action_low, enc, enc_att.scorer,
+dec.vis_encoder.*, dec.cell, dec.actor, dec.mask_dec.*, dec.h_tm1_fc, dec.go, dec.emb, and with
+the progress monitor dec.subgoal / dec.progress), so a `best_seen.pth` imports as is
+(alfred_checkpoint.py). As in ALFRED, `emb_action_low` and `dec.emb` are one nn.Embedding and the
+action logits are `actor(cont_t) @ emb.weight.T`: keep that module float and shared when
+quantizing (quantize_dynamic leaves nn.Embedding alone and never swaps the module).
+
+Shapes: B batch, L language tokens, T decoder steps, D = 2*dhid decoder width, V actions,
+P = pframe (300). ALFRED quirks kept on purpose: the language self-attention and the decoder's
+dot attention do not mask padding (so a padded batch attends to zero vectors, as in ALFRED).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .sizes import FLAT, RESNET_CHANNELS, VIS_CHANNELS, architecture
+from .common import (
+    check_batch,
+    check_encode_inputs,
+    check_step_inputs,
+    gather_steps,
+    next_input_actions,
+)
+
+
+class SelfAttn(nn.Module):
+    """Summary of the encoder states: softmax(Linear(x)) over L, weighted sum."""
+
+    def __init__(self, dhid: int):
+        super().__init__()
+        self.scorer = nn.Linear(dhid, 1)
+
+    def forward(self, inp):  # inp [B,L,D]
+        scores = F.softmax(self.scorer(inp), dim=1)  # [B,L,1]
+        return scores.transpose(1, 2).bmm(inp).squeeze(1)  # [B,D]
+
+
+def dot_attention(inp, h):
+    """inp [B,L,D], h [B,D] -> weighted sum [B,D] with softmax(inp @ h) over L."""
+    score = F.softmax(inp.bmm(h.unsqueeze(2)), dim=1)  # [B,L,1]
+    return score.expand_as(inp).mul(inp).sum(1)
+
+
+class ResnetVisualEncoder(nn.Module):
+    """ResNet-18 conv features [B,512,7,7] -> [B,dframe]: two 1x1 convs with BN, then a Linear."""
+
+    def __init__(self, dframe: int):
+        super().__init__()
+        c1, c2 = VIS_CHANNELS
+        self.conv1 = nn.Conv2d(RESNET_CHANNELS, c1, kernel_size=1)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=1)
+        self.fc = nn.Linear(FLAT, dframe)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.bn2 = nn.BatchNorm2d(c2)
+
+    def forward(self, x):  # x [B,512,7,7]
+        x = F.relu(self.bn1(self.conv1(x)))  # [B,256,7,7]
+        x = F.relu(self.bn2(self.conv2(x)))  # [B,64,7,7]
+        return self.fc(x.reshape(x.shape[0], FLAT))  # [B,dframe]
+
+
+class MaskDecoder(nn.Module):
+    """[B,d_in] -> mask logits [B,1,P,P]: Linear to 64x7x7, then upsample + transposed convs
+    7 -> 14 -> 28 -> 56 -> 112 -> 224, then bilinear to P x P (ALFRED: P = 300)."""
+
+    def __init__(self, d_in: int, pframe: int = 300):
+        super().__init__()
+        self.pframe = pframe
+        self.d1 = nn.Linear(d_in, FLAT)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.dconv3 = nn.ConvTranspose2d(64, 32, kernel_size=4, stride=2, padding=1)
+        self.dconv2 = nn.ConvTranspose2d(32, 16, kernel_size=4, stride=2, padding=1)
+        self.dconv1 = nn.ConvTranspose2d(16, 1, kernel_size=4, stride=2, padding=1)
+
+    def forward(self, x):  # x [B,d_in]
+        x = F.relu(self.d1(x)).reshape(-1, 64, 7, 7)
+        x = F.interpolate(x, scale_factor=2, mode="nearest")  # [B,64,14,14]
+        x = F.relu(self.bn2(self.dconv3(x)))  # [B,32,28,28]
+        x = F.interpolate(x, scale_factor=2, mode="nearest")  # [B,32,56,56]
+        x = F.relu(self.bn1(self.dconv2(x)))  # [B,16,112,112]
+        x = self.dconv1(x)  # [B,1,224,224]
+        return F.interpolate(x, size=(self.pframe, self.pframe), mode="bilinear")  # [B,1,P,P]
+
+
+class ConvFrameMaskDecoder(nn.Module):
+    """One decoder step: attend to the language with h_{t-1}, run the LSTMCell on
+    [frame, language, previous action], predict the action (tied to `emb`) and the mask."""
+
+    def __init__(self, emb: nn.Embedding, dframe, dhid, pframe, progress_monitor, dropouts):
+        super().__init__()
+        demb = emb.weight.size(1)
+        self.emb = emb  # the same module as the parent's emb_action_low
+        self.vis_encoder = ResnetVisualEncoder(dframe)
+        self.cell = nn.LSTMCell(dhid + dframe + demb, dhid)
+        self.input_dropout = nn.Dropout(dropouts["input_dropout"])
+        self.attn_dropout = nn.Dropout(dropouts["attn_dropout"])
+        self.hstate_dropout = nn.Dropout(dropouts["hstate_dropout"])
+        self.actor_dropout = nn.Dropout(dropouts["actor_dropout"])
+        self.go = nn.Parameter(torch.empty(demb).uniform_(-0.1, 0.1))
+        cont = dhid + dhid + dframe + demb
+        self.actor = nn.Linear(cont, demb)
+        self.mask_dec = MaskDecoder(cont, pframe)
+        self.h_tm1_fc = nn.Linear(dhid, dhid)
+        self.progress_monitor = progress_monitor
+        if progress_monitor:
+            self.subgoal = nn.Linear(cont, 1)
+            self.progress = nn.Linear(cont, 1)
+
+    def step(self, enc, vis_t, e_t, state_tm1):
+        """enc [B,L,D], vis_t = vis_encoder(frame) [B,dframe], e_t [B,demb], state_tm1 (h, c)
+        each [B,D] -> cont_t [B,D+D+dframe+demb], action logits [B,V], state_t (h, c).
+        (ALFRED runs vis_encoder inside step; the caller runs it here, so that training
+        encodes all frames of a batch in one call.)"""
+        lang_t = dot_attention(self.attn_dropout(enc), self.h_tm1_fc(state_tm1[0]))  # [B,D]
+        inp_t = self.input_dropout(torch.cat([vis_t, lang_t, e_t], dim=1))  # [B,dframe+D+demb]
+        h_t, c_t = (self.hstate_dropout(x) for x in self.cell(inp_t, state_tm1))
+        cont_t = torch.cat([h_t, inp_t], dim=1)
+        # Tied output: action embedding space -> logits against every action's embedding.
+        action_t = self.actor(self.actor_dropout(cont_t)).mm(self.emb.weight.t())  # [B,V]
+        return cont_t, action_t, (h_t, c_t)
+
+
+class Seq2SeqImMask(nn.Module):
+    name = "lstm"
+
+    def __init__(self, config: dict, vocab_sizes: dict):
+        super().__init__()
+        a = architecture("lstm", config)
+        self.config = a
+        self.teacher_forcing = a["teacher_forcing"]
+        self.emb_word = nn.Embedding(vocab_sizes["word"], a["demb"])
+        self.emb_action_low = nn.Embedding(vocab_sizes["action_low"], a["demb"])
+        self.enc = nn.LSTM(a["demb"], a["dhid"], bidirectional=True, batch_first=True)
+        self.enc_att = SelfAttn(2 * a["dhid"])
+        self.dec = ConvFrameMaskDecoder(
+            self.emb_action_low, a["dframe"], 2 * a["dhid"], a["pframe"], a["progress_monitor"], a
+        )
+        self.vis_dropout = nn.Dropout(a["vis_dropout"])
+        self.lang_dropout = nn.Dropout(a["lang_dropout"])
+
+    # --- inference interface -------------------------------------------------------------
+    def encode(self, lang, lang_lengths):
+        """lang [B,L] long, lang_lengths [B] -> episode state (language encoded once)."""
+        batch = check_encode_inputs(lang, lang_lengths)
+        emb = self.lang_dropout(self.emb_word(lang))  # [B,L,demb]
+        packed = pack_padded_sequence(emb, lang_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        enc, _ = pad_packed_sequence(self.enc(packed)[0], batch_first=True)  # [B,max(len),D]
+        enc = self.lang_dropout(enc)
+        cont = self.enc_att(enc)  # [B,D]: the decoder's h_0 (c_0 = 0)
+        return {"batch": batch, "t": 0, "enc": enc, "h": cont, "c": torch.zeros_like(cont), "last": None}
+
+    def step(self, state, frames_t, prev_action=None, *, with_mask=True):
+        """One decoder step for the whole batch.
+
+        frames_t [B,512,7,7]; prev_action [B] long: the action taken at the previous step
+        (teacher forcing), or None: the model's own argmax from the previous step. Step 0
+        always starts from the learned `go` input and takes prev_action=None.
+        -> (action_logits [B,V], mask_logits [B,1,P,P] or None without with_mask, state)."""
+        check_step_inputs(state, frames_t, prev_action)
+        vis_t = self.dec.vis_encoder(self.vis_dropout(frames_t))  # [B,dframe]
+        cont_t, action_t, state = self._step(state, vis_t, prev_action)
+        mask_t = self.dec.mask_dec(cont_t) if with_mask else None
+        return action_t, mask_t, state
+
+    def _step(self, state, vis_t, prev_action):
+        """vis_t [B,dframe] -> cont_t [B,cont], action logits [B,V], the next state."""
+        e_t = self._prev_embedding(state, prev_action)  # [B,demb]
+        h_c = (state["h"], state["c"])
+        cont_t, action_t, (h, c) = self.dec.step(state["enc"], vis_t, e_t, h_c)
+        return cont_t, action_t, dict(state, t=state["t"] + 1, h=h, c=c, last=action_t.argmax(1))
+
+    def _prev_embedding(self, state, prev_action):
+        actions = next_input_actions(state, prev_action)
+        if actions is None:
+            return self.dec.go.unsqueeze(0).expand(state["batch"], -1)
+        return self.emb_action_low(actions)
+
+    # --- training ------------------------------------------------------------------------
+    def forward(self, batch, teacher_forcing=None):
+        """Whole sequences. batch: the loader's dict (lang, lang_lengths, frames [B,T,512,7,7],
+        actions [B,T], valid_interact [B,T]). Teacher forcing (default: the config's) feeds the
+        gold previous action; without it the model's own argmax, as ALFRED's default.
+        -> dict: action_logits [B,T,V]; mask_logits [N,1,P,P] for the N interaction steps
+        (valid_interact, row-major over (b, t)); with the progress monitor also
+        subgoal [B,T] and progress [B,T] (sigmoid outputs)."""
+        check_batch(batch)
+        tf = self.teacher_forcing if teacher_forcing is None else teacher_forcing
+        frames, actions, interact = batch["frames"], batch["actions"], batch["valid_interact"]
+        B, T = actions.shape
+        state = self.encode(batch["lang"], batch["lang_lengths"])
+        vis = self.dec.vis_encoder(self.vis_dropout(frames).flatten(0, 1)).reshape(B, T, -1)  # [B,T,dframe]
+        logits, conts = [], []
+        for t in range(T):
+            prev = actions[:, t - 1] if (tf and t > 0) else None
+            cont_t, action_t, state = self._step(state, vis[:, t], prev)
+            logits.append(action_t)
+            conts.append(cont_t)
+        conts = torch.stack(conts, 1)  # [B,T,cont]
+        out = {"action_logits": torch.stack(logits, 1)}  # [B,T,V]
+        # The mask decoder is the costliest part of a step: run it only where a mask is supervised.
+        out["mask_logits"] = self.dec.mask_dec(gather_steps(conts, interact))  # [N,1,P,P]
+        if self.dec.progress_monitor:
+            out["subgoal"] = torch.sigmoid(self.dec.subgoal(conts)).squeeze(-1)  # [B,T]
+            out["progress"] = torch.sigmoid(self.dec.progress(conts)).squeeze(-1)  # [B,T]
+        return out
