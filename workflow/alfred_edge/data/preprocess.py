@@ -1,0 +1,229 @@
+"""Preprocess one split: the selected trajectories of data/subset/<split>.json -> the store
+described in store.py, written atomically (a killed job leaves only a hidden temporary
+folder, never data/store/<split>/).
+
+Bad input (a traj_data.json that is not JSON or lacks keys, a frame count other than
+len(low_actions)+1, a feat_conv.pt that is missing, truncated, of the wrong shape or holds
+NaN, a splits entry whose folder does not exist) is skipped and listed in rejected.parquet
+with its path and reason (on_bad_input="skip"), or stops the job naming the file ("fail").
+The input tree is only read."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from alfred_edge import atomic
+from alfred_edge.data import store
+from alfred_edge.data.tokenize import tokenize
+from alfred_edge.data.vocab import ACTION_STOP, GOAL, STOP_WORD, UNK, index, load_vocab
+
+log = logging.getLogger("alfred_edge.data.preprocess")
+NON_INTERACT = ("MoveAhead", "Rotate", "Look", "<<stop>>", "<<pad>>", "<<seg>>")  # ALFRED's has_interaction
+
+
+class BadInput(Exception):
+    """One trajectory cannot be used: `path` names the file (or folder), `reason` says why."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+class StorageError(RuntimeError):
+    pass
+
+
+def read_traj(json_path: Path) -> dict:
+    """Parse and check a train/valid traj_data.json (raises BadInput)."""
+    if not json_path.parent.is_dir():
+        raise BadInput(json_path.parent, "trajectory folder does not exist (named in the splits file)")
+    try:
+        traj = json.loads(json_path.read_bytes())
+    except FileNotFoundError:
+        raise BadInput(json_path, "traj_data.json is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadInput(json_path, f"not valid JSON ({err})") from None
+    try:
+        lows, highs, anns = traj["plan"]["low_actions"], traj["plan"]["high_pddl"], traj["turk_annotations"]["anns"]
+        for i, low in enumerate(lows):
+            low["high_idx"], low["discrete_action"]["action"]
+            if not low["discrete_action"]["action"].startswith(NON_INTERACT):
+                low["discrete_action"]["args"]["mask"], low["discrete_action"]["args"]["bbox"]
+        for high in highs:
+            high["discrete_action"]["action"]
+        for ann in anns:
+            ann["task_desc"], ann["high_descs"]
+    except (KeyError, TypeError) as err:
+        raise BadInput(json_path, f"lacks key {err} (in plan.low_actions/high_pddl or turk_annotations)") from None
+    if not lows:
+        raise BadInput(json_path, "plan.low_actions is empty")
+    return traj
+
+
+def read_features(feat_path: Path, n_low_actions: int) -> np.ndarray:
+    """float32 [n_low_actions+1, 512, 7, 7], checked (raises BadInput)."""
+    import torch
+
+    if not feat_path.exists():
+        raise BadInput(feat_path, "feat_conv.pt is missing")
+    try:
+        feat = torch.load(feat_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises RuntimeError/EOFError/pickle errors for damaged files
+        raise BadInput(feat_path, f"cannot be read (truncated or not a torch file): {type(err).__name__}: {err}") from None
+    if not isinstance(feat, torch.Tensor):
+        raise BadInput(feat_path, f"holds a {type(feat).__name__}, not a tensor")
+    if feat.dim() != 4 or tuple(feat.shape[1:]) != store.FRAME_SHAPE:
+        raise BadInput(feat_path, f"has shape {list(feat.shape)}, expected [n_frames, 512, 7, 7]")
+    if feat.shape[0] != n_low_actions + 1:
+        raise BadInput(feat_path, f"has {feat.shape[0]} frames, expected len(plan.low_actions)+1 = {n_low_actions + 1}")
+    frames = feat.numpy().astype(np.float32, copy=False)
+    if not np.isfinite(frames).all():
+        raise BadInput(feat_path, "holds NaN or infinite values")
+    return frames
+
+
+def _words(text: str, word_index: dict[str, int]) -> list[int]:
+    return [word_index.get(w, UNK) for w in tokenize(text)]
+
+
+def annotation_rows(traj: dict, repeat_idx: list[int], vocab: dict, traj_idx: int, task: str,
+                    json_path: Path) -> list[dict]:
+    """One row per annotation (columns: store.ANNOTATION_COLUMNS), ALFRED's preprocessing:
+    NoOp appended to high_pddl if missing, <<stop>> appended to the low actions with the
+    last subgoal's index, a one-too-many subgoal merged into the previous one (ALFRED #84)."""
+    word_index, action_index = index(vocab["word"]), index(vocab["action_low"])
+    lows, highs = traj["plan"]["low_actions"], traj["plan"]["high_pddl"]
+    stop_high = highs[-1]["high_idx"] + (0 if highs[-1]["discrete_action"]["action"] == "NoOp" else 1)
+    names = [low["discrete_action"]["action"] for low in lows]
+    unknown = sorted(set(names) - set(action_index))
+    if unknown:
+        raise BadInput(json_path, f"low actions {unknown} are not in the training vocabulary")
+    actions = [action_index[n] for n in names] + [ACTION_STOP]
+    high_idx = np.array([low["high_idx"] for low in lows] + [stop_high], dtype=np.int16)
+    interact = [not n.startswith(NON_INTERACT) for n in names] + [False]
+    args = [low["discrete_action"]["args"] for low, keep in zip(lows, interact) if keep]
+    runs = [np.asarray(a["mask"], dtype=np.int32).reshape(-1, 2) for a in args]
+    anns = traj["turk_annotations"]["anns"]
+    rows = []
+    for r in repeat_idx:
+        if r >= len(anns):
+            raise BadInput(json_path, f"the splits file names annotation {r}, the file has {len(anns)}")
+        ann = anns[r]
+        n_instr = len(ann["high_descs"])
+        if high_idx.max() > n_instr + 1:
+            raise BadInput(json_path, f"{int(high_idx.max())} subgoals for {n_instr} instructions (annotation {r})")
+        instr = [_words(d, word_index) for d in ann["high_descs"]] + [[STOP_WORD]]
+        rows.append({
+            "traj_idx": traj_idx, "task": task, "repeat_idx": r,
+            "lang_goal": np.array(_words(ann["task_desc"], word_index) + [GOAL], dtype=np.int32),
+            "lang_instr": np.array([w for ws in instr for w in ws], dtype=np.int32),
+            "instr_lengths": np.array([len(ws) for ws in instr], dtype=np.int32),
+            "actions": np.array(actions, dtype=np.int16),
+            "high_idx": np.minimum(high_idx, n_instr),
+            "valid_interact": np.array(interact, dtype=bool),
+            "mask_rle": np.concatenate(runs).reshape(-1) if runs else np.zeros(0, np.int32),
+            "mask_pairs": np.array([len(x) for x in runs], dtype=np.int32),
+            "bboxes": np.array([a["bbox"] for a in args], dtype=np.int16).reshape(-1),
+        })
+    return rows
+
+
+def check_storage(out_dir: Path, planned_bytes: int, budget_bytes: int) -> None:
+    """Refuse (before writing anything) when this store plus the other stores already
+    written would exceed the budget, or when the file system lacks the space."""
+    parent = out_dir.parent
+    others = sum(f.stat().st_size for d in parent.glob("*") if d.is_dir() and d.name != out_dir.name
+                 and not d.name.startswith(".") for f in d.rglob("*") if f.is_file()) if parent.exists() else 0
+    if others + planned_bytes > budget_bytes:
+        raise StorageError(
+            f"{out_dir}: the store needs {planned_bytes / 1e9:.2f} GB and the other stores take "
+            f"{others / 1e9:.2f} GB, over storage.budget_gb = {budget_bytes / 1e9:.2f} GB; lower "
+            f"data.subset (or use data.subset.mode: budget, or data.store_dtype: uint8). See reports/storage_plan.md")
+    probe = parent if parent.exists() else Path(".")
+    free = shutil.disk_usage(probe).free
+    if planned_bytes > free:
+        raise StorageError(f"{out_dir}: the store needs {planned_bytes / 1e9:.2f} GB, the file system "
+                           f"holding {probe.resolve()} has {free / 1e9:.2f} GB free")
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary folders a killed run of this job left beside its target."""
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def preprocess_split(split: str, subset_path: Path, vocab_path: Path, root: Path, out_dir: Path,
+                     dtype: str, on_bad_input: str, planned_bytes: int, budget_bytes: int,
+                     progress: bool = True) -> dict:
+    """Write data/store/<split>/; returns its meta.json content."""
+    from tqdm import tqdm
+
+    subset = json.loads(Path(subset_path).read_text())
+    vocab = load_vocab(vocab_path)
+    out_dir, root = Path(out_dir), Path(root)
+    check_storage(out_dir, planned_bytes, budget_bytes)
+    if out_dir.parent.exists():
+        _remove_stale_temporaries(out_dir)
+
+    trajectories, annotations, rejected = [], [], []
+    n_frames, raw_bytes, scales = 0, 0, []
+    for missing in subset["missing"]:
+        bad = BadInput(root / split / missing["task"], missing["reason"])
+        if on_bad_input == "fail":
+            raise bad
+        rejected.append({"split": split, "task": missing["task"], "path": str(bad.path), "reason": bad.reason})
+    with atomic.atomic_path(out_dir, directory=True) as tmp, open(tmp / store.FRAMES, "wb") as frames_file:
+        frames_file.write(store.npy_header(dtype, 0))
+        for entry in tqdm(subset["trajectories"], desc=f"preprocess {split}", unit="traj", disable=not progress):
+            folder = root / split / entry["task"]
+            try:
+                traj = read_traj(folder / "traj_data.json")
+                rows = annotation_rows(traj, entry["repeat_idx"], vocab, len(trajectories), entry["task"],
+                                       folder / "traj_data.json")
+                frames = read_features(folder / "feat_conv.pt", len(traj["plan"]["low_actions"]))
+            except BadInput as bad:
+                if on_bad_input == "fail":
+                    raise
+                rejected.append({"split": split, "task": entry["task"], "path": str(bad.path), "reason": bad.reason})
+                continue
+            if dtype == "uint8":
+                stored, scale = store.quantize_uint8(frames)
+                scales.append(scale)
+            else:
+                stored = frames.astype(store.DTYPES[dtype], copy=False)
+            frames_file.write(memoryview(np.ascontiguousarray(stored)).cast("B"))
+            trajectories.append({"traj_idx": len(trajectories), "task": entry["task"],
+                                 "task_type": entry["task_type"], "frame_offset": n_frames,
+                                 "n_frames": len(frames), "n_low_actions": len(frames) - 1})
+            annotations += rows
+            n_frames += len(frames)
+            raw_bytes += (folder / "feat_conv.pt").stat().st_size
+        frames_file.seek(0)
+        frames_file.write(store.npy_header(dtype, n_frames))
+        frames_file.close()
+        if dtype == "uint8":
+            np.save(tmp / store.SCALES, np.stack(scales) if scales else np.zeros((0, 512), np.float32))
+        atomic.write_parquet(pd.DataFrame(trajectories, columns=["traj_idx", "task", "task_type", "frame_offset",
+                                                                 "n_frames", "n_low_actions"]), tmp / store.TRAJECTORIES)
+        atomic.write_parquet(pd.DataFrame(annotations, columns=list(store.ANNOTATION_COLUMNS)), tmp / store.ANNOTATIONS)
+        atomic.write_parquet(pd.DataFrame(rejected, columns=["split", "task", "path", "reason"]), tmp / store.REJECTED)
+        meta = {
+            "split": split, "dtype": dtype, "frame_shape": list(store.FRAME_SHAPE),
+            "n_trajectories": len(trajectories), "n_annotations": len(annotations), "n_frames": n_frames,
+            "n_rejected": len(rejected), "raw_feature_bytes": raw_bytes,
+            "frames_bytes": (tmp / store.FRAMES).stat().st_size,
+            "vocab_sha256": hashlib.sha256(Path(vocab_path).read_bytes()).hexdigest(),
+            "vocab_sizes": {kind: len(tokens) for kind, tokens in vocab.items()},
+        }
+        atomic.write_text(tmp / store.META, json.dumps(meta, indent=1))
+    if rejected:
+        log.warning("%s: %d trajectories rejected (listed in %s)", split, len(rejected), out_dir / store.REJECTED)
+    log.info("%s: %d trajectories, %d annotations, %d frames (%s)", split, len(trajectories),
+             len(annotations), n_frames, dtype)
+    return meta
