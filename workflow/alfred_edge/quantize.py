@@ -1,0 +1,348 @@
+"""Compression variants of a trained model: build one, save it as a file whose size
+reflects the compression, and load it back without running pickled code.
+
+    fp32          the trained model as is (models/<model>/fp32.pt, written by training)
+    int8_dynamic  torch.ao dynamic int8 of Linear, LSTM and LSTMCell (CPU only); embeddings,
+                  convolutions and any Linear tied to an embedding stay float
+    fp16, bf16    every floating weight and buffer cast to half / bfloat16
+
+A variant file is a dict saved with `torch.save`:
+    {"format": FILE_FORMAT, "variant", "engine" (int8 only), "torch_version",
+     "source": the fp32 checkpoint's header (model name, config, vocabulary; no weights),
+     "state_dict": the variant's weights}          # or "unavailable": reason, no weights
+`load_variant` rebuilds the float skeleton from "source", converts it with the same spec,
+then loads "state_dict" read with `torch.load(weights_only=True)`; the only global it
+admits beyond PyTorch's defaults is `torch.ScriptObject` (the packed int8 LSTM weights).
+
+Why not quantize at load time (the most version-proof recipe)? The file on the board is
+what the storage budget pays for, so it has to be the compressed one.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alfred_edge.models import FILE_FORMAT as MODEL_FILE_FORMAT  # fp32.pt, written by training
+
+log = logging.getLogger(__name__)
+
+FILE_FORMAT = "alfred-edge-variant/1"
+VARIANTS = ("fp32", "int8_dynamic", "fp16", "bf16")
+LOW_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Module types int8_dynamic quantizes (exact types: MultiheadAttention's out_proj, a Linear
+# subclass, is read as a tensor by its owner and must stay float).
+DYNAMIC_INT8_TYPES = (nn.Linear, nn.LSTM, nn.LSTMCell)
+# quantize_dynamic exists in eager torch.ao from 1.x; checked working up to 2.15.
+INT8_TORCH_RANGE = "torch 2.4 to 2.15 (eager torch.ao.quantization.quantize_dynamic)"
+# Engines per CPU family, most preferred first (x86 = fbgemm + oneDNN heuristics).
+ENGINES = {"x86": ("x86", "fbgemm"), "arm": ("qnnpack",)}
+# Globals the variant files need beyond weights_only's defaults: the packed int8 LSTM /
+# LSTMCell weights (a TorchScript class object restored by PyTorch's own code).
+SAFE_GLOBALS = [torch.ScriptObject]
+
+
+class VariantUnavailable(RuntimeError):
+    """A variant that cannot be built or run here; `reason` says why (the benchmark
+    records it as a skipped cell, the quantize job as an "unavailable" row)."""
+
+    def __init__(self, variant: str, reason: str):
+        super().__init__(f"variant {variant!r} is unavailable: {reason}")
+        self.variant = variant
+        self.reason = reason
+
+
+@contextmanager
+def quiet_quantization_warnings():
+    """torch.ao and the quantized dtypes warn that they are deprecated on every call
+    (quantization.md §1); they still work, and the warnings drown the job logs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions")
+        warnings.filterwarnings("ignore", message=r".*TypedStorage is deprecated")
+        yield
+
+
+# --- engine and availability ------------------------------------------------------------
+
+
+def cpu_family(machine: str | None = None) -> str:
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "x86"
+    if machine.startswith(("aarch64", "arm")):
+        return "arm"
+    return machine
+
+
+def choose_engine(machine: str | None = None, supported: list[str] | None = None) -> str:
+    """The quantized engine for this CPU: x86 (or fbgemm) on x86, qnnpack on ARM (the
+    torch 2.11 default of x86 on ARM fails with 'unknown architecure', quantization.md §2)."""
+    supported = list(torch.backends.quantized.supported_engines if supported is None else supported)
+    family = cpu_family(machine)
+    wanted = ENGINES.get(family, ())
+    for engine in wanted:
+        if engine in supported:
+            return engine
+    raise VariantUnavailable(
+        "int8_dynamic",
+        f"no int8 engine for CPU family {family!r}: this PyTorch supports {supported}, "
+        f"int8 needs one of {list(wanted) or 'x86/fbgemm or qnnpack'}",
+    )
+
+
+def set_engine(machine: str | None = None) -> str:
+    engine = choose_engine(machine)
+    torch.backends.quantized.engine = engine
+    return engine
+
+
+def quantize_dynamic_function():
+    """torch.ao's eager quantize_dynamic, or VariantUnavailable naming the versions that have it."""
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as exc:
+        raise VariantUnavailable(
+            "int8_dynamic",
+            f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic ({exc}); "
+            f"install {INT8_TORCH_RANGE}",
+        ) from exc
+    return quantize_dynamic
+
+
+def check_available(variant: str, device: str | torch.device) -> None:
+    """Raise VariantUnavailable if `variant` cannot run on `device` here."""
+    if variant not in VARIANTS:
+        raise VariantUnavailable(variant, f"unknown variant; known: {', '.join(VARIANTS)}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VariantUnavailable(variant, f"device {device} requested but CUDA is not available "
+                                 f"(torch {torch.__version__})")
+    if variant == "int8_dynamic":
+        if device.type != "cpu":
+            raise VariantUnavailable(variant, f"torch.ao dynamic int8 kernels run on the CPU only, "
+                                     f"not on {device.type} (use fp16 there)")
+        quantize_dynamic_function()
+        choose_engine()
+    elif variant == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise VariantUnavailable(variant, f"{torch.cuda.get_device_name(device)} has no bfloat16 support")
+    elif variant in LOW_PRECISION:
+        probe_low_precision(variant, device)
+
+
+def probe_low_precision(variant: str, device: torch.device) -> None:
+    """Run the ops the models use (matmul, conv, LSTM cell, bilinear resize) in the
+    variant's dtype on `device`; some builds lack half kernels on the CPU."""
+    dtype = LOW_PRECISION[variant]
+    try:
+        with torch.no_grad():
+            x = torch.ones(1, 4, 2, 2, dtype=dtype, device=device)
+            nn.Conv2d(4, 4, 1).to(device, dtype)(x)
+            nn.functional.interpolate(x, size=(3, 3), mode="bilinear")
+            cell = nn.LSTMCell(4, 4).to(device, dtype)
+            cell(x.flatten(1)[:, :4])
+    except (RuntimeError, NotImplementedError) as exc:
+        raise VariantUnavailable(variant, f"{dtype} kernels missing on {device} in torch "
+                                 f"{torch.__version__}: {exc}") from exc
+
+
+# --- building variants -------------------------------------------------------------------
+
+
+def int8_targets(model: nn.Module) -> set[str]:
+    """Names of the modules int8_dynamic quantizes: every Linear / LSTM / LSTMCell, except
+    a Linear whose weight is an embedding's (a tied head: quantizing it would cut the tie)
+    and recurrent layers without bias (their dynamic int8 versions need one)."""
+    embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    names = set()
+    for name, module in model.named_modules():
+        if type(module) not in DYNAMIC_INT8_TYPES:
+            continue
+        if isinstance(module, nn.Linear) and id(module.weight) in embedding_weights:
+            continue
+        if isinstance(module, (nn.LSTM, nn.LSTMCell)) and not module.bias:
+            continue
+        names.add(name)
+    return names
+
+
+def uses_mha_fast_path(model: nn.Module) -> bool:
+    return any(
+        isinstance(m, (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+        for m in model.modules()
+    )
+
+
+def quantize_int8_dynamic(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """A dynamic-int8 version of a float CPU model (a copy unless `inplace`), packed for
+    the engine set for this CPU."""
+    quantize_dynamic = quantize_dynamic_function()
+    set_engine()
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    if uses_mha_fast_path(model):
+        # The fast path reads linear1.weight as a tensor; a quantized Linear has a method
+        # there ("'function' object has no attribute 'device'", quantization.md §3).
+        torch.backends.mha.set_fastpath_enabled(False)
+    spec = {name: default_dynamic_qconfig for name in int8_targets(model)}
+    with quiet_quantization_warnings():
+        return quantize_dynamic(model.to("cpu").eval(), spec, dtype=torch.qint8, inplace=inplace)
+
+
+def make_variant(model: nn.Module, variant: str) -> nn.Module:
+    """A converted copy of the float `model` (which is left as it was), in eval mode.
+
+    Raises VariantUnavailable if this host cannot build the variant."""
+    if variant == "fp32":
+        return model.eval()
+    if variant == "int8_dynamic":
+        return quantize_int8_dynamic(model)
+    if variant in LOW_PRECISION:
+        device = next(model.parameters()).device
+        probe_low_precision(variant, device)
+        return cast_model(copy.deepcopy(model), LOW_PRECISION[variant]).eval()
+    raise VariantUnavailable(variant, f"unknown variant; known: {', '.join(VARIANTS)}")
+
+
+def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`model` with its floating weights and buffers in `dtype`, and a pre-hook on each
+    module that owns floating weights casting its floating tensor inputs to them: callers
+    (the loader, the benchmark) pass float32 frames, as they do to the fp32 model."""
+    model.to(dtype)
+
+    def cast_inputs(module, args):
+        # Positional tensors and (h, c)-style tuples; kept minimal: it runs on every call.
+        return tuple(
+            tuple(_cast(v, dtype) for v in a) if type(a) is tuple else _cast(a, dtype) for a in args
+        )
+
+    for module in model.modules():
+        if any(p.is_floating_point() for p in module.parameters(recurse=False)):
+            module.register_forward_pre_hook(cast_inputs)
+    return model
+
+
+def _cast(value, dtype: torch.dtype):
+    if isinstance(value, torch.Tensor) and value.dtype != dtype and value.is_floating_point():
+        return value.to(dtype)
+    return value
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def save_variant(model: nn.Module, variant: str, source: dict, path: str | Path) -> None:
+    """Write `model` (made by make_variant) to `path`, atomically. `source` is the fp32
+    checkpoint's header: what rebuilding the float skeleton needs."""
+    payload = _payload(variant, source)
+    payload["state_dict"] = model.state_dict()
+    _write(payload, path)
+
+
+def save_unavailable(variant: str, reason: str, source: dict, path: str | Path) -> None:
+    """Write a variant file that holds no weights, only why the variant could not be built
+    here; load_variant raises VariantUnavailable with that reason."""
+    payload = _payload(variant, source)
+    payload["unavailable"] = reason
+    _write(payload, path)
+
+
+def _payload(variant: str, source: dict) -> dict:
+    return {
+        "format": FILE_FORMAT,
+        "variant": variant,
+        "engine": torch.backends.quantized.engine if variant == "int8_dynamic" else None,
+        "torch_version": str(torch.__version__),
+        "source": source,
+    }
+
+
+def _write(payload: dict, path: str | Path) -> None:
+    from alfred_edge.atomic import atomic_path
+
+    with atomic_path(path) as tmp, quiet_quantization_warnings():
+        torch.save(payload, tmp)
+
+
+def read_variant_file(path: str | Path) -> dict:
+    """The dict stored at `path` (a variant file or an fp32 model file), its tensors
+    memory-mapped on the CPU, read with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"variant file {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS), quiet_quantization_warnings():
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # truncated, foreign, or packed by an incompatible torch
+        raise ValueError(f"{path} is not a readable alfred-edge variant file "
+                         f"({type(exc).__name__}: {exc})") from exc
+    formats = (FILE_FORMAT, MODEL_FILE_FORMAT)
+    if not isinstance(payload, dict) or payload.get("format") not in formats:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path} is not an alfred-edge variant file (format {found!r}, expected one of {formats})")
+    return payload
+
+
+def load_variant(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The model stored at `path` (models/<model>/<variant>.pt, fp32.pt included) on
+    `device`, in eval mode.
+
+    Raises VariantUnavailable (with the reason) when the variant cannot run on `device`
+    here, or when the file records that it could not be built; ValueError for a file that
+    is not a variant file."""
+    from alfred_edge.models import load_model
+
+    path, device = Path(path), torch.device(device)
+    payload = read_variant_file(path)
+    if payload["format"] == MODEL_FILE_FORMAT:
+        check_available("fp32", device)
+        return load_model(path, device)
+    variant = payload["variant"]
+    if "unavailable" in payload:
+        raise VariantUnavailable(variant, payload["unavailable"])
+    check_available(variant, device)
+    try:
+        return load_state(variant, payload["source"], payload["state_dict"], device, path)
+    except (RuntimeError, ValueError) as exc:
+        if payload["torch_version"] != str(torch.__version__):
+            raise VariantUnavailable(variant, f"{path} was written by torch {payload['torch_version']} "
+                                     f"and does not load in torch {torch.__version__}; rerun its "
+                                     f"quantize job with this torch ({exc})") from exc
+        raise ValueError(f"{path} does not fit its model: {exc}") from exc
+
+
+def load_state(variant: str, source: dict, state: dict, device: torch.device, path: Path) -> nn.Module:
+    """Build the variant's skeleton from the fp32 header `source`, then load `state`."""
+    from alfred_edge.models import load_weights
+
+    if variant == "int8_dynamic":
+        # quantize_dynamic needs real float weights on the CPU: build them, quantize in
+        # place with the same spec as at build time, then load the int8 state over them.
+        model = quantize_int8_dynamic(build_float(source, "cpu"), inplace=True)
+        with quiet_quantization_warnings():
+            model.load_state_dict(state)
+        return model.eval()
+    # Low precision: built on the meta device and the tensors assigned, so the file's
+    # weights reach `device` without a float32 copy or a second copy in host memory.
+    model = cast_model(build_float(source, "meta"), LOW_PRECISION[variant])
+    load_weights(model, {k: v.to(device) for k, v in state.items()}, path)
+    return model.eval()
+
+
+def build_float(source: dict, device: str | torch.device) -> nn.Module:
+    """The float model described by an fp32 model file's header, built on `device`."""
+    from alfred_edge.models import _construct
+
+    with torch.device(device):
+        return _construct(source["model"], source["config"], source["vocab_sizes"], source["vocab_digest"])
+
+
+def model_header(record: dict) -> dict:
+    """An fp32 model file's dict without its weights: what rebuilding the model needs."""
+    return {k: v for k, v in record.items() if k != "state_dict"}
