@@ -28,3 +28,103 @@ def get_code_digest(*parts):
             digest.update(str(file.relative_to(root)).encode())
             digest.update(file.read_bytes())
     return digest.hexdigest()[:16]
+
+
+# --- data ---
+# Parse-time planning: the manifest (splits file + os.stat, or the synthetic generator's
+# seed), each split's subset size and the bytes each data job writes. Cheap (no torch, no
+# feature data), and known before any job runs, so `snakemake -n` shows every job with a
+# numeric disk_mb and no checkpoint is needed.
+from snakemake.exceptions import WorkflowError
+
+from alfred_edge.data import plan as data_plan
+
+SYNTHETIC_ROOT = "data/raw/synthetic/json_feat"
+SYNTHETIC_SPLITS_FILE = "data/raw/synthetic/splits.json"
+DATA = config["data"]
+DATA_SPLITS = DATA["splits"]
+IS_SYNTHETIC = DATA["source"] == "synthetic"
+BUDGET_BYTES = int(config["storage"]["budget_gb"] * 1e9)
+try:
+    RESERVED_BYTES = data_plan.reserved_bytes(
+        config["models"],
+        config["quantize"]["variants"],
+        len(config["models"])
+        * len(config["quantize"]["variants"])
+        * len(config["bench"].get("batches", [1]))
+        * len(config["bench"].get("devices", ["cpu"])),
+        DATA["source"],
+    )
+    DATA_PLAN = data_plan.make_plan(DATA, BUDGET_BYTES, RESERVED_BYTES)
+except (ValueError, FileNotFoundError) as err:
+    raise WorkflowError(f"config: {err}") from None
+
+
+def disk_mb(nbytes):
+    """resources: disk_mb for a job writing `nbytes` (for any stage's rules)."""
+    return data_plan.disk_mb(nbytes)
+
+
+def get_source_root():
+    return SYNTHETIC_ROOT if IS_SYNTHETIC else str(Path(DATA["source"]).resolve())
+
+
+def get_splits_file():
+    return SYNTHETIC_SPLITS_FILE if IS_SYNTHETIC else str(Path(DATA["splits_file"]).resolve())
+
+
+def get_source_inputs(wildcards=None):
+    """The synthetic tree when it is the source (a job of this workflow writes it)."""
+    return [SYNTHETIC_SPLITS_FILE] if IS_SYNTHETIC else []
+
+
+def get_synthetic_settings():
+    syn = DATA["synthetic"]
+    return {
+        "annotations_per_trajectory": syn["annotations_per_trajectory"],
+        "nav_steps": list(syn["nav_steps"]),
+        "seed": syn["seed"],
+        "trajectories": {s: syn["trajectories"][s] for s in sorted(DATA_SPLITS)},
+    }
+
+
+def get_subset_count(wildcards):
+    return DATA_PLAN["counts"][wildcards.split]
+
+
+def get_store_bytes(wildcards):
+    """Planned bytes of data/store/{split} in the configured dtype."""
+    return DATA_PLAN["splits"][wildcards.split]["store_bytes"][DATA["store_dtype"]]
+
+
+def get_store_frames(split):
+    """Frames the split's store will hold (for other stages' size estimates)."""
+    return DATA_PLAN["splits"][split]["frames"]
+
+
+def get_storage_plan():
+    """Everything reports/storage_plan.md shows, as computed at parse time."""
+    return {
+        "budget_bytes": BUDGET_BYTES,
+        "dtype": DATA["store_dtype"],
+        "reserved": dict(sorted(RESERVED_BYTES.items())),
+        "source": DATA["source"],
+        "splits": DATA_PLAN["splits"],
+        "subset_mode": DATA["subset"]["mode"],
+    }
+
+
+def _warn_if_over_budget():
+    plan = get_storage_plan()
+    total = sum(f["store_bytes"][plan["dtype"]] for f in plan["splits"].values())
+    total += sum(RESERVED_BYTES.values())
+    if total > BUDGET_BYTES:
+        print(
+            f"alfred-edge: the plan needs {total / 1e9:.2f} GB, over storage.budget_gb = "
+            f"{BUDGET_BYTES / 1e9:.2f} GB; preprocess will refuse to start. "
+            "See `snakemake --cores 1 reports/storage_plan.md`.",
+            file=sys.stderr,
+        )
+
+
+_warn_if_over_budget()

@@ -1,1 +1,127 @@
-# data stage.
+# data stage: json_feat (synthetic or real) -> manifest -> subset -> vocab -> store.
+# Sizes (disk_mb) and subset counts come from the parse-time plan in common.smk ("# --- data ---").
+
+
+wildcard_constraints:
+    split="|".join(DATA_SPLITS),
+
+
+rule synthesize:
+    output:
+        root=directory(SYNTHETIC_ROOT),
+        splits=SYNTHETIC_SPLITS_FILE,
+    params:
+        synthetic=get_synthetic_settings(),
+        code=get_code_digest(
+            "scripts/synthesize.py", "alfred_edge/data/synthetic.py", "alfred_edge/atomic.py"
+        ),
+    log:
+        "logs/synthesize/synthesize.log",
+    resources:
+        disk_mb=disk_mb(sum(r["feat_bytes"] + r["json_bytes"] for r in DATA_PLAN["rows"])),
+    script:
+        "../scripts/synthesize.py"
+
+
+rule manifest:
+    input:
+        get_source_inputs,
+    output:
+        "data/manifest.parquet",
+    params:
+        root=get_source_root(),
+        splits_file=get_splits_file(),
+        splits=DATA_SPLITS,
+        code=get_code_digest("scripts/manifest.py", "alfred_edge/data/manifest.py"),
+    log:
+        "logs/manifest/manifest.log",
+    resources:
+        disk_mb=disk_mb(300 * len(DATA_PLAN["rows"])),
+    script:
+        "../scripts/manifest.py"
+
+
+rule subset:
+    input:
+        "data/manifest.parquet",
+    output:
+        "data/subset/{split}.json",
+    params:
+        n_trajectories=get_subset_count,
+        seed=DATA["subset"].get("seed", 0),
+        code=get_code_digest("scripts/subset.py", "alfred_edge/data/subset.py"),
+    log:
+        "logs/subset/{split}.log",
+    resources:
+        disk_mb=lambda wildcards: disk_mb(300 * get_subset_count(wildcards)),
+    script:
+        "../scripts/subset.py"
+
+
+rule vocab:
+    input:
+        get_source_inputs,
+        subset="data/subset/train.json",
+    output:
+        "data/store/vocab.json",
+    params:
+        root=get_source_root(),
+        on_bad_input=DATA["on_bad_input"],
+        code=get_code_digest(
+            "scripts/vocab.py",
+            "alfred_edge/data/vocab.py",
+            "alfred_edge/data/tokenize.py",
+            "alfred_edge/data/preprocess.py",
+        ),
+    log:
+        "logs/vocab/vocab.log",
+    resources:
+        disk_mb=1,
+    script:
+        "../scripts/vocab.py"
+
+
+# budget_bytes and planned_bytes take `input`, so Snakemake treats them as derived (no
+# rerun trigger): a store reruns when its subset or dtype changes, not when the budget
+# changes and its subset stays the same.
+rule preprocess:
+    input:
+        get_source_inputs,
+        subset="data/subset/{split}.json",
+        vocab="data/store/vocab.json",
+    output:
+        directory("data/store/{split}"),
+    params:
+        root=get_source_root(),
+        dtype=DATA["store_dtype"],
+        on_bad_input=DATA["on_bad_input"],
+        planned_bytes=lambda wildcards, input: get_store_bytes(wildcards),
+        budget_bytes=lambda wildcards, input: BUDGET_BYTES - sum(RESERVED_BYTES.values()),
+        code=get_code_digest(
+            "scripts/preprocess.py",
+            "alfred_edge/data/preprocess.py",
+            "alfred_edge/data/store.py",
+            "alfred_edge/data/tokenize.py",
+            "alfred_edge/data/vocab.py",
+            "alfred_edge/atomic.py",
+        ),
+    log:
+        "logs/preprocess/{split}.log",
+    resources:
+        disk_mb=lambda wildcards: disk_mb(get_store_bytes(wildcards)),
+    script:
+        "../scripts/preprocess.py"
+
+
+rule storage_plan:
+    output:
+        "reports/storage_plan.md",
+    params:
+        plan=get_storage_plan(),
+        code=get_code_digest("scripts/storage_plan.py", "alfred_edge/data/plan.py"),
+    log:
+        "logs/storage_plan/storage_plan.log",
+    resources:
+        disk_mb=1,
+    script:
+        "../scripts/storage_plan.py"
