@@ -1,0 +1,116 @@
+"""The scenario: load, a cold first batch, warm-up, then timed iterations until both a
+minimum count and a minimum duration are reached (LoadGen / optimum-benchmark semantics),
+and the statistics of the latencies.
+
+A workload (see workloads.py) provides:
+    load()          load the model (timed as load_time_ms)
+    prepare()       build the batch (untimed)
+    run_batch()     one iteration: a whole episode batch; raises BatchSizeError on wrong shapes
+    sync()          wait for the device (CUDA synchronize; nothing on the CPU)
+    batch_size, steps_per_episode, info() -> extra columns
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+LOW_N_P90 = 64     # MLPerf LoadGen's early-stopping floors
+LOW_N_P99 = 662
+WIDE_SPREAD = 0.10  # IQR / median (torch.utils.benchmark's "system fluctuation" warning)
+
+
+class BatchSizeError(RuntimeError):
+    """The model received or returned a batch of another size than the one asked for."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    min_iterations: int
+    min_duration_s: float
+    max_duration_s: float
+    warmup_iterations: int
+
+    def __post_init__(self):
+        if self.min_iterations < 1 or self.warmup_iterations < 0:
+            raise ValueError(f"min_iterations must be >= 1 and warmup_iterations >= 0: {self}")
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError(f"max_duration_s must be >= min_duration_s: {self}")
+
+
+@dataclass
+class LoopResult:
+    latencies_s: np.ndarray   # one per timed iteration
+    loop_wall_s: float        # from before the first to after the last iteration
+
+
+def time_call(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    """Seconds one call takes, with the device synchronised before each clock read."""
+    sync()
+    start = time.perf_counter_ns()
+    fn()
+    sync()
+    return (time.perf_counter_ns() - start) * 1e-9
+
+
+def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: LoopSettings,
+               after_iteration: Callable[[], None] = lambda: None) -> LoopResult:
+    """Run `run` until both settings.min_iterations and settings.min_duration_s are reached,
+    or settings.max_duration_s has passed. `after_iteration` (e.g. an RSS reading) runs
+    outside the timed region but inside the loop's wall time."""
+    min_ns, max_ns = settings.min_duration_s * 1e9, settings.max_duration_s * 1e9
+    latencies = []
+    sync()
+    loop_start = time.perf_counter_ns()
+    while True:
+        sync()
+        start = time.perf_counter_ns()
+        run()
+        sync()
+        end = time.perf_counter_ns()
+        latencies.append(end - start)
+        after_iteration()
+        elapsed = end - loop_start
+        if (len(latencies) >= settings.min_iterations and elapsed >= min_ns) or elapsed >= max_ns:
+            break
+    sync()
+    loop_wall_ns = time.perf_counter_ns() - loop_start
+    return LoopResult(np.asarray(latencies, dtype=float) * 1e-9, loop_wall_ns * 1e-9)
+
+
+def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_episode: int) -> dict:
+    """The timing columns of a cell row (names and units as in results.schema.yaml)."""
+    lat_ms = np.asarray(latencies_s, dtype=float) * 1e3
+    n = len(lat_ms)
+    p25, p50, p75, p90, p95, p99 = np.percentile(lat_ms, [25, 50, 75, 90, 95, 99])
+    mean = float(lat_ms.mean())
+    std = float(lat_ms.std(ddof=1)) if n > 1 else 0.0
+    iqr = float(p75 - p25)
+    steps = max(steps_per_episode, 1)
+    return {
+        "iterations": n,
+        "loop_wall_s": loop_wall_s,
+        "latency_mean_ms": mean,
+        "latency_std_ms": std,
+        "latency_min_ms": float(lat_ms.min()),
+        "latency_p50_ms": float(p50),
+        "latency_p90_ms": float(p90),
+        "latency_p95_ms": float(p95),
+        "latency_p99_ms": float(p99),
+        "latency_max_ms": float(lat_ms.max()),
+        "latency_iqr_ms": iqr,
+        "latency_cv": std / mean if mean > 0 else None,
+        "step_latency_mean_ms": mean / steps,
+        "step_latency_p50_ms": float(p50) / steps,
+        "sample_latency_p50_ms": float(p50) / batch_size,
+        "throughput_samples_per_s": batch_size * n / loop_wall_s,
+        "throughput_steps_per_s": batch_size * steps_per_episode * n / loop_wall_s,
+        "harness_gap_fraction": 1.0 - float(lat_ms.sum()) / 1e3 / loop_wall_s,
+        "flag_low_n_p90": n < LOW_N_P90,
+        "flag_low_n_p99": n < LOW_N_P99,
+        "spread_iqr_ratio": iqr / float(p50) if p50 > 0 else None,
+        "flag_wide_spread": bool(p50 > 0 and iqr / float(p50) >= WIDE_SPREAD),
+        "latencies_ms": lat_ms.tolist(),
+    }

@@ -1,0 +1,149 @@
+"""Memory trackers: the process's resident memory and its kernel high-water mark, CUDA
+peaks, a sampled peak where the kernel's cannot be reset, and the leak fit of a trace.
+
+MB here means 1e6 bytes, as everywhere in the results."""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import psutil
+
+MB = 1e6
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+LEAK_MIN_POINTS = 4
+LEAK_DROP_FRACTION = 0.2      # allocator and cache growth settle during the first iterations
+LEAK_RHO = 0.8
+LEAK_MIN_GROWTH_MB = 16.0
+LEAK_GROWTH_FRACTION = 0.05
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (from /proc/self/statm: a few µs)."""
+    try:
+        with open("/proc/self/statm") as stream:
+            return int(stream.read().split()[1]) * _PAGE / MB
+    except OSError:
+        return psutil.Process().memory_info().rss / MB
+
+
+def hwm_mb() -> float | None:
+    """The kernel's resident high-water mark (VmHWM) of this process; None off Linux."""
+    try:
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / MB
+    except OSError:
+        pass
+    return None
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: '5' into /proc/self/clear_refs).
+    False where the kernel refuses, and the caller falls back to sampling."""
+    try:
+        with open("/proc/self/clear_refs", "w") as stream:
+            stream.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def maxrss_mb(ru_maxrss: int) -> float:
+    """ru_maxrss in MB: KiB on Linux, bytes on macOS."""
+    return ru_maxrss * (1 if psutil.MACOS else 1024) / MB
+
+
+class PeakSampler:
+    """Polls the RSS of a process in a thread and keeps the maximum: the fallback where the
+    kernel's high-water mark cannot be reset. It can miss spikes shorter than `interval_s`."""
+
+    def __init__(self, pid: int | None = None, interval_s: float = 0.005):
+        self._process = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_mb = max(self.peak_mb, self._process.memory_info().rss / MB)
+            except psutil.Error:
+                return
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class InferencePeak:
+    """Peak RSS of a code region: exact through clear_refs + VmHWM where Linux allows it,
+    else sampled. `method` says which."""
+
+    def __enter__(self) -> "InferencePeak":
+        self._sampler = None
+        self.method = "clear_refs" if reset_hwm() and hwm_mb() is not None else "sampled"
+        if self.method == "sampled":
+            self._sampler = PeakSampler().__enter__()
+        self.peak_mb = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._sampler is not None:
+            self._sampler.__exit__(*exc)
+            self.peak_mb = max(self._sampler.peak_mb, rss_mb())
+        else:
+            self.peak_mb = hwm_mb()
+
+
+def theil_sen_slope(y) -> float:
+    """Median of the pairwise slopes of y against its index: robust to a few outliers."""
+    y = np.asarray(y, dtype=float)
+    i, j = np.triu_indices(len(y), k=1)
+    return float(np.median((y[j] - y[i]) / (j - i)))
+
+
+def spearman_rho(y) -> float:
+    """Spearman rank correlation of y with its index (ties averaged); 0 for a constant y."""
+    y = np.asarray(y, dtype=float)
+    ranks = _average_ranks(y)
+    x = np.arange(len(y), dtype=float)
+    if np.ptp(ranks) == 0:
+        return 0.0
+    return float(np.corrcoef(x, ranks)[0, 1])
+
+
+def _average_ranks(y: np.ndarray) -> np.ndarray:
+    order = np.argsort(y, kind="stable")
+    ranks = np.empty(len(y))
+    ranks[order] = np.arange(len(y), dtype=float)
+    for value in np.unique(y):
+        tied = y == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def leak_fit(trace_mb, strict: bool = False) -> dict:
+    """Slope (MB/iteration), Spearman rho and leak flag of a memory trace after dropping its
+    first 20 %. RSS rule: growth over the trace > max(5 % of RSS, 16 MB) with rho > 0.8.
+    strict (CUDA allocated memory): any positive slope with rho > 0.8.
+    Values are None with fewer than LEAK_MIN_POINTS points left."""
+    trace = np.asarray(trace_mb, dtype=float)
+    kept = trace[int(len(trace) * LEAK_DROP_FRACTION):]
+    if len(kept) < LEAK_MIN_POINTS:
+        return {"slope_mb_per_iter": None, "rho": None, "flag": None}
+    slope, rho = theil_sen_slope(kept), spearman_rho(kept)
+    if strict:
+        flag = slope > 0 and rho > LEAK_RHO
+    else:
+        growth = slope * len(trace)
+        flag = growth > max(LEAK_GROWTH_FRACTION * float(np.median(kept)), LEAK_MIN_GROWTH_MB) and rho > LEAK_RHO
+    return {"slope_mb_per_iter": slope, "rho": rho, "flag": bool(flag)}

@@ -1,0 +1,75 @@
+"""Roofline: once per host and device, a short measurement of fp32 matmul throughput and
+memory bandwidth; per cell, the FLOPs and weight bytes of one decoder step, the roof they
+imply and the fraction of it the cell achieved."""
+from __future__ import annotations
+
+import time
+
+
+def measure(torch, device: str, matmul_size: int, copy_mb: float, seconds: float) -> dict:
+    """Best-of-repeats GFLOP/s of an n x n fp32 matmul and GB/s of a buffer copy (bytes
+    read + written), each repeated for about `seconds`. GB = 1e9 bytes."""
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    a = torch.randn(matmul_size, matmul_size, device=dev)
+    b = torch.randn(matmul_size, matmul_size, device=dev)
+    flops = 2.0 * matmul_size ** 3
+    gflops = _best_rate(lambda: torch.mm(a, b), sync, flops / 1e9, seconds)
+    n = int(copy_mb * 1e6 / 4)
+    src, dst = torch.ones(n, device=dev), torch.empty(n, device=dev)
+    gbps = _best_rate(lambda: dst.copy_(src), sync, 2 * n * 4 / 1e9, seconds)
+    return {"matmul_size": matmul_size, "matmul_gflops": gflops, "memory_bandwidth_gbps": gbps,
+            "copy_mb": n * 4 / 1e6, "measure_s": time.perf_counter() - start}
+
+
+def _best_rate(fn, sync, work: float, seconds: float) -> float:
+    fn()
+    sync()
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    repeats = 0
+    while repeats < 3 or time.perf_counter() < deadline:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t0)
+        repeats += 1
+    return work / best
+
+
+def count_flops(torch, model, lang, lang_lengths, frames) -> tuple[float, float]:
+    """(FLOPs of encode, FLOPs of one decoder step after the first) of `model` on this batch,
+    counted by torch.utils.flop_counter (matmuls, convolutions, ...; elementwise ops are
+    not counted, so this is a lower bound)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            state = model.encode(lang, lang_lengths)
+        encode = counter.get_total_flops()
+        logits, _, state = model.step(state, frames[:, 0], None)
+        with FlopCounterMode(display=False) as counter:
+            model.step(state, frames[:, min(1, frames.shape[1] - 1)], logits.argmax(1))
+    return float(encode), float(counter.get_total_flops())
+
+
+def cell_columns(flops_per_step: float | None, weight_bytes: float | None, step_latency_ms: float | None,
+                 peak_gflops: float | None, bandwidth_gbps: float | None) -> dict:
+    """Per-cell roofline columns; None where an input is missing."""
+    if None in (flops_per_step, weight_bytes, step_latency_ms, peak_gflops, bandwidth_gbps) or weight_bytes <= 0:
+        return {"roofline_peak_gflops": peak_gflops, "roofline_bandwidth_gbps": bandwidth_gbps}
+    intensity = flops_per_step / weight_bytes
+    memory_roof = intensity * bandwidth_gbps
+    attainable = min(peak_gflops, memory_roof)
+    achieved = flops_per_step / (step_latency_ms * 1e-3) / 1e9
+    return {
+        "arithmetic_intensity_flop_per_byte": intensity,
+        "roofline_peak_gflops": peak_gflops,
+        "roofline_bandwidth_gbps": bandwidth_gbps,
+        "roofline_bound": "memory" if memory_roof < peak_gflops else "compute",
+        "roofline_attainable_gflops": attainable,
+        "achieved_gflops": achieved,
+        "roofline_fraction": achieved / attainable if attainable > 0 else None,
+    }

@@ -1,0 +1,208 @@
+"""Workloads: what one timed iteration runs (the backend side of optimum-benchmark's split).
+
+    IdentityWorkload   an identity module on a fixed tensor: the harness's own overhead
+    EpisodeWorkload    ALFRED-style decoding of a batch of B episodes: language encoded once,
+                       then one `step` per frame with the model's own previous action (argmax),
+                       for min(max_steps, longest episode) steps. Its model and batch come from
+                       the store and a model file (real cells) or from FakeEpisodeModel and
+                       random tensors (harness self-tests, `--model fake`).
+
+Each step's outputs are checked against the requested batch size: a batch that silently
+stayed fixed (the manual runs' failure) becomes a BatchSizeError, not a number.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from alfred_edge.bench.harness import BatchSizeError
+
+MASK_SHAPE = (1, 300, 300)
+FRAME_SHAPE = (512, 7, 7)
+
+
+class DeviceAbsent(RuntimeError):
+    """The requested device is not on this host: the cell becomes a skipped row."""
+
+
+def check_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceAbsent(f"device cuda requested but torch {torch.__version__} sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; use cpu or cuda")
+    return torch.device(device)
+
+
+def sync_for(device: torch.device):
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+class IdentityWorkload:
+    """nn.Identity on a [B, 8] tensor: what the harness costs per iteration."""
+
+    steps_per_episode = 1
+
+    def __init__(self, batch_size: int, device: str):
+        self.batch_size = batch_size
+        self.device = check_device(device)
+        self.sync = sync_for(self.device)
+        self.encode_times_s: list[float] = []
+
+    def load(self) -> None:
+        self.model = nn.Identity()
+
+    def prepare(self) -> None:
+        self.x = torch.zeros(self.batch_size, 8, device=self.device)
+
+    def run_batch(self) -> None:
+        if self.model(self.x).shape[0] != self.batch_size:
+            raise BatchSizeError("identity changed the batch size")
+
+    def info(self) -> dict:
+        return {"observed_batch_size": self.batch_size, "distinct_episodes": self.batch_size}
+
+
+class FakeEpisodeModel(nn.Module):
+    """A tiny model with the real interface (encode/step): tests the harness without a
+    trained model. `fault` makes it fail the ways real runs fail:
+      cuda_oom / memory_error   raise torch.OutOfMemoryError / MemoryError in step
+      wrong_batch               return one row fewer than it was given (a fixed batch)
+      grow_mb:N                 keep N MB more per step (a leak; trips a RAM limit)
+      hang                      sleep for an hour in step (a timeout)
+      die                       the process kills itself with SIGKILL (the kernel OOM killer)"""
+
+    def __init__(self, n_words: int = 32, n_actions: int = 12, hidden: int = 16, fault: str | None = None):
+        super().__init__()
+        self.emb = nn.Embedding(n_words, hidden)
+        self.vis = nn.Linear(512, hidden)
+        self.cell = nn.GRUCell(2 * hidden, hidden)
+        self.act_emb = nn.Embedding(n_actions, hidden)
+        self.go = nn.Parameter(torch.zeros(hidden))
+        self.head = nn.Linear(hidden, n_actions)
+        self.mask = nn.Linear(hidden, 10 * 10)
+        self.fault = fault
+        self._kept: list[torch.Tensor] = []
+
+    def encode(self, lang, lang_lengths):
+        h = self.emb(lang).sum(1) / lang_lengths.unsqueeze(1)  # [B,H]
+        return {"h": h, "t": 0}
+
+    def step(self, state, frames_t, prev_action=None):
+        self._inject_fault()
+        B = frames_t.shape[0]
+        e = self.go.expand(B, -1) if prev_action is None else self.act_emb(prev_action)  # [B,H]
+        vis = self.vis(frames_t.mean((2, 3)))  # [B,H]
+        h = self.cell(torch.cat([vis, e], 1), state["h"])
+        logits = self.head(h)  # [B,V]
+        mask = F.interpolate(self.mask(h).view(B, 1, 10, 10), size=MASK_SHAPE[1:], mode="bilinear")
+        if self.fault == "wrong_batch":
+            logits, mask = logits[1:], mask[1:]
+        return logits, mask, {"h": h, "t": state["t"] + 1}
+
+    def _inject_fault(self):
+        if self.fault == "cuda_oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        if self.fault == "memory_error":
+            raise MemoryError("simulated allocation failure")
+        if self.fault == "hang":
+            time.sleep(3600)
+        if self.fault == "die":
+            os.kill(os.getpid(), 9)
+        if self.fault and self.fault.startswith("grow_mb:"):
+            self._kept.append(torch.ones(int(float(self.fault.split(":")[1]) * 1e6 / 4)))
+
+
+def fake_batch(batch_size: int, steps: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 9, (batch_size,), generator=gen)
+    return {
+        "lang": torch.randint(1, 32, (batch_size, int(lengths.max())), generator=gen),
+        "lang_lengths": lengths,
+        "frames": torch.randn(batch_size, steps, *FRAME_SHAPE, generator=gen),
+        "distinct_episodes": batch_size,
+    }
+
+
+def store_batch(store_dir: str, batch_size: int, max_steps: int, features: str) -> dict:
+    """B annotations of a split's store (cycling when the split holds fewer), collated as the
+    loader does. features="ram" reads the split's whole frame array into memory first, so
+    that the result shows what memory mapping saves."""
+    from alfred_edge.data import store
+    from alfred_edge.data.loader import StoreDataset, collate
+
+    dataset = StoreDataset(store_dir)
+    if len(dataset) == 0:
+        raise ValueError(f"{store_dir}: the store holds no annotations")
+    if features == "ram":
+        dataset._frames = np.array(store.open_frames(Path(store_dir)))  # the whole split, in RAM
+    elif features != "mmap":
+        raise ValueError(f"features must be mmap or ram, got {features!r}")
+    items = [dataset[i % len(dataset)] for i in range(batch_size)]
+    batch = collate(items)
+    steps = min(max_steps, batch["frames"].shape[1])
+    return {
+        "lang": batch["lang"],
+        "lang_lengths": batch["lang_lengths"],
+        "frames": batch["frames"][:, :steps].contiguous(),  # [B,steps,512,7,7]
+        "distinct_episodes": min(batch_size, len(dataset)),
+        "_dataset": dataset,  # keeps the "ram" copy alive for the run, as a deployment would
+    }
+
+
+class EpisodeWorkload:
+    """One iteration = the decoding of B whole episodes (see the module docstring)."""
+
+    def __init__(self, batch_size: int, device: str, load_model, make_batch, max_steps: int):
+        self.batch_size = batch_size
+        self.device = check_device(device)
+        self.sync = sync_for(self.device)
+        self._load_model = load_model
+        self._make_batch = make_batch
+        self.max_steps = max_steps
+        self.encode_times_s: list[float] = []
+        self.observed_batch_size = None
+
+    def load(self) -> None:
+        self.model = self._load_model(self.device)
+        self.model.eval()
+
+    def prepare(self) -> None:
+        batch = self._make_batch()
+        self.distinct_episodes = batch["distinct_episodes"]
+        self._keep = batch.get("_dataset")
+        self.lang = batch["lang"].to(self.device)
+        self.lang_lengths = batch["lang_lengths"].to(self.device)
+        self.frames = batch["frames"].to(self.device)  # [B,T,512,7,7]
+        if self.lang.shape[0] != self.batch_size or self.frames.shape[0] != self.batch_size:
+            raise BatchSizeError(f"asked for batch {self.batch_size}, the loader gave lang "
+                                 f"{tuple(self.lang.shape)} and frames {tuple(self.frames.shape)}")
+        self.steps_per_episode = min(self.max_steps, self.frames.shape[1])
+
+    @torch.inference_mode()
+    def run_batch(self) -> None:
+        start = time.perf_counter()
+        state = self.model.encode(self.lang, self.lang_lengths)
+        self.sync()
+        self.encode_times_s.append(time.perf_counter() - start)
+        prev_action = None  # step 0 starts from the model's learned `go` input
+        for t in range(self.steps_per_episode):
+            logits, mask, state = self.model.step(state, self.frames[:, t], prev_action)
+            self._check(logits, mask, t)
+            prev_action = logits.argmax(1)  # [B]: the model's own action, as in ALFRED's eval
+
+    def _check(self, logits, mask, t: int) -> None:
+        B = self.batch_size
+        self.observed_batch_size = logits.shape[0]
+        if logits.dim() != 2 or logits.shape[0] != B or mask is None or tuple(mask.shape) != (B, *MASK_SHAPE):
+            raise BatchSizeError(f"step {t}: asked for batch {B}, the model returned action_logits "
+                                 f"{tuple(logits.shape)} and mask_logits "
+                                 f"{None if mask is None else tuple(mask.shape)} (expected [{B},V] and [{B},1,300,300])")
+
+    def info(self) -> dict:
+        return {"observed_batch_size": self.observed_batch_size, "distinct_episodes": self.distinct_episodes}
