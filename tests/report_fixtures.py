@@ -1,0 +1,184 @@
+"""Realistic inputs for the report: benchmark files of several hosts (following
+results.schema.yaml, with failed and skipped cells), capacity and roofline rows, eval
+tables, training metrics and a storage plan. Used by tests/test_report_*.py and
+benchmarks/bench_report.py."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alfred_edge.bench import schema as bench_schema
+
+EVIL = "<b>evil</b><script>document.title='pwned'</script>"
+EVIL_ERROR = "CUDA out of memory <img src=x onerror=\"document.title='pwned'\"> <script>alert(1)</script> $x$ & more"
+
+
+@dataclass
+class Host:
+    folder: str                      # reports/bench/<folder>/
+    name: str                        # the host column (may hold HTML, to test escaping)
+    devices: tuple = ("cpu",)
+    power: str | None = None         # None: no sampler worked
+    cpu_model: str = "Intel(R) Xeon(R) CPU @ 2.20GHz"
+    ram_total_mb: float = 24_000.0
+    speed: float = 1.0               # latency multiplier
+    jetson_model: str | None = None
+    batches: tuple = (1, 2, 4, 8)
+    models: tuple = ("lstm", "transformer")
+    variants: tuple = ("fp32", "int8_dynamic", "fp16", "bf16")
+    extra: dict = field(default_factory=dict)
+
+
+LAPTOP = Host("laptop", "laptop")
+JETSON = Host(
+    "orin", f"orin-{EVIL}", devices=("cpu", "cuda"), power="jtop", cpu_model="ARMv8 Processor rev 1 (v8l)",
+    ram_total_mb=7_600.0, speed=2.5, jetson_model="NVIDIA Jetson Orin Nano Developer Kit",
+)
+
+
+def latency_ms(host: Host, device: str, model: str, variant: str, batch: int) -> float:
+    """Episode-batch latency: grows sublinearly with the batch, faster for int8 on CPU and on CUDA."""
+    base = {"lstm": 420.0, "transformer": 260.0}.get(model, 300.0) * host.speed
+    factor = {"fp32": 1.0, "int8_dynamic": 0.45, "fp16": 1.6, "bf16": 1.3}.get(variant, 1.0)
+    if device == "cuda":
+        factor = {"fp16": 0.05, "bf16": 0.06}.get(variant, 0.08)
+    return base * factor * (1 + 0.28 * (batch - 1))
+
+
+def cell_row(host: Host, device: str, model: str, variant: str, batch: int, rng, when: dt.datetime) -> dict:
+    p50 = latency_ms(host, device, model, variant, batch) * rng.uniform(0.97, 1.03)
+    steps = 64
+    iterations = int(max(5, 2000 / p50))
+    peak = (520 if model == "lstm" else 380) * (0.45 if variant == "int8_dynamic" else 1.0) + 38 * batch
+    row = {
+        "schema_version": 1, "run_id": f"{rng.integers(1 << 62):016x}", "ts_utc": when.isoformat(),
+        "host": host.name, "device": device, "status": "ok",
+        "device_name": host.cpu_model if device == "cpu" else "Orin (nvgpu)",
+        "platform": "aarch64" if host.jetson_model else "x86_64", "os": "Linux-6.1", "python_version": "3.10.12",
+        "cpu_model": host.cpu_model, "cpu_cores_logical": 6 if host.jetson_model else 2, "cpu_cores_physical": 6,
+        "ram_total_mb": host.ram_total_mb, "torch_version": "2.13.0+cpu", "num_threads": 2, "num_interop_threads": 2,
+        "quantized_engine": "qnnpack" if host.jetson_model else "x86", "jetson_model": host.jetson_model,
+        "jetson_power_mode": "15W" if host.jetson_model else None, "git_commit": "e6818fb",
+        "settings_digest": "3f2a9c0d1b2e4f56", "settings_json": "{}", "wall_time_s": 12.0,
+        "model": model, "variant": variant, "features": "mmap", "batch_size": batch, "observed_batch_size": batch,
+        "steps_per_episode": steps, "model_file_mb": (184.0 if model == "lstm" else 12.0)
+        * {"fp32": 1.0, "int8_dynamic": 0.27, "fp16": 0.5, "bf16": 0.5}.get(variant, 1.0),
+        "load_time_ms": 900.0, "cold_batch_ms": p50 * 1.8, "iterations": iterations, "loop_wall_s": iterations * p50 / 1e3,
+        "latency_mean_ms": p50 * 1.02, "latency_std_ms": p50 * 0.04, "latency_min_ms": p50 * 0.95,
+        "latency_p50_ms": p50, "latency_p90_ms": p50 * 1.08, "latency_p95_ms": p50 * 1.12, "latency_p99_ms": p50 * 1.2,
+        "latency_max_ms": p50 * 1.3, "latency_iqr_ms": p50 * 0.05, "step_latency_p50_ms": p50 / steps,
+        "sample_latency_p50_ms": p50 / batch, "throughput_samples_per_s": batch * 1e3 / p50,
+        "throughput_steps_per_s": batch * steps * 1e3 / p50, "flag_low_n_p90": iterations < 64,
+        "flag_low_n_p99": True, "flag_wide_spread": False, "latencies_ms": list(rng.normal(p50, p50 * 0.03, 8)),
+        "peak_rss_mb": peak, "peak_rss_inference_mb": peak * 0.9, "rss_trace_mb": [peak] * 8,
+        "leak_rss_slope_mb_per_iter": float(rng.normal(0, 0.01)), "leak_flag": False,
+        "power_method": host.power or "none", "flops_per_step": 9.2e7 * batch, "weight_bytes_per_step": 1.8e8,
+        "roofline_peak_gflops": 90.0 / host.speed, "roofline_bandwidth_gbps": 12.0 / host.speed,
+        "roofline_fraction": min(1.0, 0.02 * batch ** 0.7),
+    }
+    if host.power:
+        mean_power = 7.5 if device == "cuda" else 5.2
+        row.update(power_scope="jetson_vdd_in", idle_power_w=3.1, mean_power_w=mean_power,
+                   energy_per_sample_j=mean_power * p50 / 1e3 / batch,
+                   energy_per_sample_above_idle_j=(mean_power - 3.1) * p50 / 1e3 / batch)
+    else:
+        row["power_unavailable_reason"] = ("jtop: not a Jetson; nvml: no NVIDIA driver; "
+                                           "rapl: /sys/class/powercap/intel-rapl:0/energy_uj permission denied")
+    return row | host.extra
+
+
+def failure(row: dict, status: str, error: str) -> dict:
+    keep = {k: row[k] for k in ("schema_version", "run_id", "ts_utc", "host", "device", "model", "variant",
+                                "features", "batch_size", "cpu_model", "torch_version", "git_commit")}
+    return keep | {"status": status, "error": error}
+
+
+def write(table: str, row_or_rows, path: Path) -> None:
+    rows = row_or_rows if isinstance(row_or_rows, list) else [row_or_rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(bench_schema.to_arrow(table, rows), path)
+
+
+def write_host(bench_dir: Path, host: Host, seed: int = 0) -> int:
+    """Write every cell of a host (the last batch of fp16 on cuda as an OOM, bf16 on cuda
+    skipped, one CPU cell with an error message holding HTML), its capacity and roofline
+    rows. Returns the number of cell files."""
+    rng = np.random.default_rng(seed)
+    when = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)
+    count = 0
+    for device in host.devices:
+        write("roofline", {"host": host.name, "device": device, "status": "ok", "matmul_gflops": 90.0,
+                           "memory_bandwidth_gbps": 12.0}, bench_dir / host.folder / "roofline" / f"{device}.parquet")
+        for model in host.models:
+            for variant in host.variants:
+                for batch in host.batches:
+                    row = cell_row(host, device, model, variant, batch, rng, when)
+                    if device == "cuda" and variant == "bf16":
+                        row = failure(row, "skipped", "bf16 is not supported on this GPU (compute capability 8.7 lacks it in this torch build)")
+                    elif device == "cuda" and variant == "fp16" and batch == max(host.batches):
+                        row = failure(row, "oom", EVIL_ERROR)
+                    elif device == "cpu" and model == "transformer" and variant == "bf16" and batch == 8:
+                        row = failure(row, "error", "RuntimeError: <bf16> kernel missing for 'aten::_lstm' & co")
+                    path = (bench_dir / host.folder / "cells" / model / variant / device / "mmap" / f"b{batch}.parquet")
+                    write("cells", row, path)
+                    count += 1
+                write_capacity(bench_dir, host, device, model, variant)
+    return count
+
+
+def write_capacity(bench_dir: Path, host: Host, device: str, model: str, variant: str) -> None:
+    slope, intercept = 38.0, (520 if model == "lstm" else 380) * (0.45 if variant == "int8_dynamic" else 1.0)
+    rows = []
+    for name, budget_mb in (("jetson-4gb", 4000.0), ("jetson-8gb", 8000.0), ("host", host.ram_total_mb)):
+        rows.append({
+            "host": host.name, "device": device, "status": "ok", "model": model, "variant": variant,
+            "features": "mmap", "budget_name": name, "budget_mb": budget_mb, "fit_points": 4,
+            "fit_batches": [1, 2, 4, 8], "fit_slope_mb_per_sample": slope, "fit_intercept_mb": intercept,
+            "predicted_max_batch": int((budget_mb - intercept) // slope), "measured": name == "jetson-4gb",
+            "measured_max_batch": int((budget_mb - intercept) // slope) - 2 if name == "jetson-4gb" else None,
+        })
+    write("capacity", rows, bench_dir / host.folder / "capacity" / model / variant / f"{device}.parquet")
+
+
+def write_model_tables(models_dir: Path, models=("lstm", "transformer"),
+                       variants=("fp32", "int8_dynamic", "fp16", "bf16")) -> tuple[list[Path], list[Path]]:
+    """Eval tables (one row, "<split>/<metric>" columns as alfred_edge.evaluate names them)
+    and training metrics (one row per epoch)."""
+    evals, trains = [], []
+    for model in models:
+        for index, variant in enumerate(variants):
+            path = models_dir / model / f"{variant}.eval.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            accuracy = 0.93 - 0.004 * index
+            pq.write_table(pa.table({
+                "valid_seen/action_acc": [accuracy], "valid_unseen/action_acc": [accuracy - 0.05],
+                "valid_seen/action_f1": [0.8], "valid_unseen/action_f1": [0.74], "valid_seen/mask_iou": [0.55],
+                "file_mb": [184.0],
+            }), path)
+            evals.append(path)
+        epochs = np.arange(1, 4)
+        path = models_dir / model / "train_metrics.parquet"
+        pq.write_table(pa.table({
+            "epoch": epochs, "train/loss": 2.0 / epochs, "seconds": 30.0 * epochs,
+            "valid_seen/loss": 2.2 / epochs, "valid_unseen/loss": 2.4 / epochs,
+            "valid_seen/action_acc": 0.6 + 0.1 * epochs, "valid_unseen/action_acc": 0.55 + 0.1 * epochs,
+        }), path)
+        trains.append(path)
+    return evals, trains
+
+
+STORAGE_PLAN = """# Storage plan (budget 16 GB)
+
+| stage | size GB |
+|---|---|
+| raw | 1.20 |
+| subset | 1.20 |
+| store | 0.31 |
+| models | 0.40 |
+| results | 0.01 |
+"""

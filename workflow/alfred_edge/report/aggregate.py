@@ -1,0 +1,146 @@
+"""Aggregation: every benchmark file under reports/bench/<host>/ (this host's and any copied
+in from other hosts) plus the quantization tables → reports/results.parquet, one row per
+cell in the columns of workflow/schemas/results_table.schema.yaml, and
+reports/capacity.parquet, every host's capacity rows."""
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from alfred_edge.bench import schema as bench_schema
+from alfred_edge.report import inputs
+
+log = logging.getLogger("alfred_edge.report")
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "results_table.schema.yaml"
+ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
+# Sub-folders of reports/bench/<host>/ by table (the paths in results.schema.yaml).
+TABLE_FOLDERS = {"cells": "cells", "capacity": "capacity", "roofline": "roofline"}
+
+
+@lru_cache(maxsize=1)
+def table_doc() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def key_columns() -> list[str]:
+    return list(table_doc()["key"])
+
+
+@lru_cache(maxsize=1)
+def results_schema() -> pa.Schema:
+    """The Arrow schema of reports/results.parquet: the benchmark's cells columns without
+    the dropped ones, then the added ones (units and descriptions as field metadata)."""
+    doc = table_doc()
+    dropped = {column["name"] for column in doc["dropped_columns"]}
+    fields = [field for field in bench_schema.arrow_schema("cells") if field.name not in dropped]
+    for column in doc["added_columns"]:
+        metadata = {"unit": column["unit"] or "", "description": column["description"]}
+        fields.append(pa.field(column["name"], ARROW_TYPES[column["type"]], metadata=metadata))
+    return pa.schema(fields, metadata={"table": "results", "schema_version": str(doc["version"])})
+
+
+def discover_bench_files(bench_dir: str | Path, table: str = "cells") -> list[Path]:
+    """Every Parquet of one benchmark table under bench_dir/<host>/<table folder>/, without the
+    hidden temporary files that atomic writes leave while a job is still running."""
+    bench_dir = Path(bench_dir)
+    pattern = f"*/{TABLE_FOLDERS[table]}/**/*.parquet"
+    return sorted(
+        path
+        for path in bench_dir.glob(pattern)
+        if not any(part.startswith(".") for part in path.relative_to(bench_dir).parts)
+    )
+
+
+def read_table(path: Path, bench_dir: Path, schema: pa.Schema) -> pa.Table:
+    """One benchmark file conformed to `schema`: columns it lacks (an older harness) are
+    null, columns the schema does not have are left out. A file that cannot be read becomes
+    one `error` row naming it, host taken from its folder, so the report shows it."""
+    source = str(path.relative_to(bench_dir))
+    host = source.split("/", 1)[0]
+    try:
+        table = pq.read_table(path, columns=[n for n in pq.read_schema(path).names if n in schema.names])
+    except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
+        log.warning("could not read %s: %s", path, exc)
+        row = {"host": host, "status": "error", "error": f"could not read benchmark file {source}: {exc}"}
+        table = pa.Table.from_pylist([row])
+    columns = []
+    for field in schema:
+        if field.name == "source_file":
+            columns.append(pa.array([source] * table.num_rows, pa.string()))
+        elif field.name in table.column_names:
+            columns.append(table[field.name].cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    conformed = pa.Table.from_arrays(columns, schema=schema)
+    if "host" in schema.names and conformed["host"].null_count:
+        conformed = conformed.set_column(
+            schema.get_field_index("host"), "host", pc.fill_null(conformed["host"], host)
+        )
+    return conformed
+
+
+def read_tables(files: Iterable[str | Path], bench_dir: str | Path, schema: pa.Schema) -> pa.Table:
+    bench_dir = Path(bench_dir)
+    tables = [read_table(Path(path), bench_dir, schema) for path in files]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def read_accuracy(eval_files: Iterable[str | Path]) -> pd.DataFrame:
+    """(model, variant) → teacher-forced action accuracy on valid_seen and valid_unseen, from
+    models/<model>/<variant>.eval.parquet (model and variant taken from the path)."""
+    rows = []
+    for path in map(Path, eval_files):
+        model, variant = inputs.model_and_variant(path)
+        row = {"model": model, "variant": variant, **inputs.accuracy_by_split(path)}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["model", "variant", "accuracy_valid_seen", "accuracy_valid_unseen"])
+
+
+def newest_per_cell(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per key: the newest (by ts_utc, then by file order) where a cell repeats."""
+    ordered = cells.assign(_order=range(len(cells))).sort_values(
+        ["ts_utc", "_order"], na_position="first", kind="stable"
+    )
+    newest = ordered.drop_duplicates(key_columns(), keep="last").drop(columns="_order")
+    return newest.sort_values(key_columns(), kind="stable", na_position="last").reset_index(drop=True)
+
+
+def aggregate(cell_files, bench_dir, eval_files=()) -> pa.Table:
+    """The results table (Arrow, results_schema()) from cell files and quantization tables."""
+    schema = results_schema()
+    cells = read_tables(cell_files, bench_dir, schema).to_pandas(types_mapper=nullable_type)
+    accuracy = read_accuracy(eval_files)
+    if not accuracy.empty and not cells.empty:
+        joined = cells.drop(columns=list(accuracy.columns[2:])).merge(
+            accuracy.astype({"model": "string", "variant": "string"}), on=["model", "variant"], how="left"
+        )
+        cells = joined[schema.names]
+    cells = newest_per_cell(cells)
+    return pa.Table.from_pandas(cells, schema=schema, preserve_index=False)
+
+
+def aggregate_capacity(capacity_files, bench_dir) -> pa.Table:
+    return read_tables(capacity_files, bench_dir, bench_schema.arrow_schema("capacity"))
+
+
+def nullable_type(arrow_type: pa.DataType):
+    """Pandas' nullable dtypes for integers, booleans and strings, so nulls stay nulls."""
+    return {
+        pa.int64(): pd.Int64Dtype(),
+        pa.bool_(): pd.BooleanDtype(),
+        pa.string(): pd.StringDtype(),
+    }.get(arrow_type)
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """reports/results.parquet as a DataFrame with nullable dtypes."""
+    return pq.read_table(path).to_pandas(types_mapper=nullable_type)

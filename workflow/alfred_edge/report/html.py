@@ -1,0 +1,141 @@
+"""reports/summary.html: one self-contained page (figures as base64 PNG data URIs, inline
+CSS, no script, a Content-Security-Policy that forbids fetching anything) rendered from
+templates/summary.html.j2 with autoescaping, so text from the data (host names, file names,
+error messages) is shown as text. The key figures are also written as PNG and SVG files."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from alfred_edge.atomic import atomic_path, write_text
+from alfred_edge.bench import schema as bench_schema
+from alfred_edge.report import plots, tables
+
+log = logging.getLogger("alfred_edge.report")
+
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATE_NAME = "summary.html.j2"
+# Written as SVG too (beside the PNG), for papers and slides.
+KEY_FIGURES = {"latency", "throughput", "ram", "accuracy", "energy"}
+
+
+def empty_table(name: str) -> pd.DataFrame:
+    return bench_schema.arrow_schema(name).empty_table().to_pandas()
+
+
+@dataclass
+class ReportInputs:
+    """Everything the page shows; each part may be empty, and the page says so."""
+
+    cells: pd.DataFrame
+    capacity: pd.DataFrame = field(default_factory=lambda: empty_table("capacity"))
+    quantization: pd.DataFrame = field(default_factory=pd.DataFrame)
+    training: pd.DataFrame = field(default_factory=pd.DataFrame)
+    storage_plan_text: str = ""
+    storage_stages: pd.DataFrame = field(default_factory=pd.DataFrame)
+    storage_budget_gb: float | None = None
+    ram_budgets_gb: dict = field(default_factory=dict)
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    png: bytes
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode()
+
+
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,  # every {{ }} is HTML-escaped unless marked safe (nothing is)
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def draw_figures(inputs: ReportInputs, fits: pd.DataFrame, budgets: pd.DataFrame, plots_dir: Path | None):
+    """Draw every figure that has data; write PNG (and SVG for key ones) into plots_dir."""
+    cells = inputs.cells
+    makers = {
+        "latency": ("Latency against batch", lambda: plots.latency_figure(cells)),
+        "sample_latency": ("Latency per sample", lambda: plots.sample_latency_figure(cells)),
+        "throughput": ("Throughput", lambda: plots.throughput_figure(cells)),
+        "ram": ("Peak RAM against batch", lambda: plots.ram_figure(cells, fits, budgets)),
+        "energy": ("Energy per sample", lambda: plots.energy_figure(cells, tables.power_reasons(cells))),
+        "accuracy": ("Accuracy, latency and file size", lambda: plots.accuracy_figure(cells)),
+        "roofline": ("Roofline efficiency", lambda: plots.roofline_figure(cells)),
+        "training": ("Training curves", lambda: plots.training_figure(inputs.training)),
+        "storage": ("Storage plan", lambda: plots.storage_figure(inputs.storage_stages, inputs.storage_budget_gb)),
+    }
+    figures = {}
+    for name, (title, make) in makers.items():
+        fig = make() if not cells.empty or name in ("training", "storage") else None
+        if fig is None:
+            continue
+        figures[name] = Figure(name, title, plots.render_png(fig))
+        if plots_dir is not None:
+            (plots_dir / f"{name}.png").write_bytes(figures[name].png)
+            if name in KEY_FIGURES:
+                (plots_dir / f"{name}.svg").write_bytes(plots.render_svg(fig))
+        plots.close(fig)
+    return figures
+
+
+def records(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """A DataFrame as (header, rows of formatted strings) for the generic table macro."""
+    return list(map(str, frame.columns)), [[tables.fmt(v) for v in row] for row in frame.itertuples(index=False)]
+
+
+def context(inputs: ReportInputs, plots_dir: Path | None) -> dict:
+    cells = inputs.cells
+    budgets = tables.budgets_per_host(cells, inputs.capacity, inputs.ram_budgets_gb)
+    fits = tables.ram_fits(inputs.capacity)
+    hosts, environment_rows = tables.environments(cells)
+    checked, leak_rows = tables.leaks(cells)
+    final_epochs = (inputs.training.sort_values("epoch").groupby("model").tail(1)
+                    if not inputs.training.empty and "epoch" in inputs.training else pd.DataFrame())
+    return {
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "hosts": hosts,
+        "counts": cells["status"].value_counts().sort_index().to_dict(),
+        "cell_count": len(cells),
+        "figures": draw_figures(inputs, fits, budgets, plots_dir),
+        "headline": tables.headline(cells, budgets),
+        "budgets": [{"host": b.host, "budget": b.budget, "mb": tables.fmt(b.budget_mb)} for b in budgets.itertuples()],
+        "capacity": tables.capacity_rows(inputs.capacity),  # (budget names, rows)
+        "power_hosts": tables.power_by_host(cells),
+        "power_cells": tables.power_cells(cells),
+        "quantization": records(inputs.quantization),
+        "roofline": tables.roofline(cells),
+        "leak_checked": checked,
+        "leaks": leak_rows,
+        "training": records(final_epochs),
+        "storage_plan_text": inputs.storage_plan_text,
+        "storage_stages": records(inputs.storage_stages),
+        "storage_budget_gb": inputs.storage_budget_gb,
+        "failures": tables.failures(cells),
+        "environment": environment_rows,
+    }
+
+
+def render(inputs: ReportInputs, plots_dir: Path | None = None) -> str:
+    """The page's HTML; with plots_dir, the figures are also written there."""
+    return environment().get_template(TEMPLATE_NAME).render(**context(inputs, plots_dir))
+
+
+def write_summary(inputs: ReportInputs, html_path: str | Path, plots_dir: str | Path) -> None:
+    """Write the page and the plot files, each atomically (the plots as one folder)."""
+    with atomic_path(plots_dir, directory=True) as tmp_plots:
+        page = render(inputs, tmp_plots)
+        write_text(html_path, page)

@@ -1,0 +1,84 @@
+"""Reading the other stages' outputs the report shows: the quantization eval tables
+(models/<model>/<variant>.eval.parquet), the per-epoch training metrics
+(models/<model>/train_metrics.parquet) and the storage plan. Model and variant come from
+the paths; a table that is missing or unreadable leaves its part of the page empty, with a
+log line."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+log = logging.getLogger("alfred_edge.report")
+
+SPLITS = ("valid_seen", "valid_unseen")
+# Both tables name a metric "<split>/<metric>" (alfred_edge.evaluate); this one is the
+# teacher-forced action accuracy.
+ACCURACY_METRIC = "action_acc"
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pq.read_table(path).to_pandas()
+    except Exception as exc:  # a damaged or foreign file: the page says the table is missing
+        log.warning("could not read %s: %s", path, exc)
+        return pd.DataFrame()
+
+
+def scalar_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Without list or dict columns, which no table cell can show."""
+    keep = [c for c in frame.columns if not frame[c].map(lambda v: isinstance(v, (list, dict, tuple))).any()]
+    return frame[keep]
+
+
+def accuracy_by_split(path: str | Path) -> dict:
+    """{"accuracy_valid_seen": …, "accuracy_valid_unseen": …} from one eval table."""
+    frame = read_parquet(Path(path))
+    result = {}
+    for split in SPLITS:
+        column = f"{split}/{ACCURACY_METRIC}"
+        if column in frame and frame[column].notna().any():
+            result[f"accuracy_{split}"] = float(frame[column].dropna().iloc[0])
+    return result
+
+
+def model_and_variant(path: Path) -> tuple[str, str]:
+    return path.parent.name, path.name.removesuffix(".eval.parquet")
+
+
+def read_eval_tables(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Every eval table, one block of rows per (model, variant), with those two columns first."""
+    frames = []
+    for path in map(Path, paths):
+        frame = scalar_columns(read_parquet(path))
+        if frame.empty:
+            continue
+        model, variant = model_and_variant(path)
+        frame = frame.drop(columns=[c for c in ("model", "variant") if c in frame])
+        frames.append(frame.assign(model=model, variant=variant))
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True, sort=False)
+    return table[["model", "variant"] + [c for c in table.columns if c not in ("model", "variant")]]
+
+
+def read_training(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Per-epoch metrics of every model: one row per (model, epoch), metric columns as the
+    training stage names them ("train/loss", "valid_seen/action_acc", …)."""
+    frames = []
+    for path in map(Path, paths):
+        frame = scalar_columns(read_parquet(path))
+        if frame.empty or "epoch" not in frame:
+            continue
+        frames.append(frame.drop(columns=[c for c in ("model",) if c in frame]).assign(model=path.parent.name))
+    return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+
+
+def read_storage_plan(path: str | Path | None) -> str:
+    """The storage plan's text (Markdown, shown as is), or "" when there is none."""
+    if path is None or not Path(path).exists():
+        return ""
+    return Path(path).read_text(errors="replace")

@@ -1,0 +1,326 @@
+"""The report's figures (matplotlib, Agg backend): one panel per host/device, panels in
+host order so that hosts stand side by side, one line per (model, variant) with the same
+colour and marker in every panel. Each function returns a Figure, or None when it has
+no data to draw; `render_png`/`render_svg` turn a Figure into bytes."""
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+MAX_COLUMNS = 4
+PANEL_SIZE = (4.2, 3.2)
+DEFAULT_FEATURES = "mmap"  # series read another way are labelled with it
+MODEL_MARKERS = {"lstm": "o", "transformer": "s"}
+OTHER_MARKERS = "^vD<>ph*"
+VARIANT_COLOURS = {"fp32": "#1f77b4", "int8_dynamic": "#d62728", "fp16": "#2ca02c", "bf16": "#9467bd"}
+OTHER_COLOURS = ["#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def render_png(fig, dpi: int = 80) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def render_svg(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg")
+    return buffer.getvalue()
+
+
+def close(fig) -> None:
+    plt.close(fig)
+
+
+class Styles:
+    """A fixed colour per variant and marker per model, shared by every panel of a figure."""
+
+    def __init__(self, series: pd.DataFrame):
+        variants = sorted(series["variant"].dropna().unique())
+        models = sorted(series["model"].dropna().unique())
+        extra_colours = iter(OTHER_COLOURS * (1 + len(variants) // len(OTHER_COLOURS)))
+        extra_markers = iter(OTHER_MARKERS * (1 + len(models) // len(OTHER_MARKERS)))
+        self.colour = {v: VARIANT_COLOURS.get(v) or next(extra_colours) for v in variants}
+        self.marker = {m: MODEL_MARKERS.get(m) or next(extra_markers) for m in models}
+        self.variants = variants
+
+    def kwargs(self, model: str, variant: str, features: str | None = None) -> dict:
+        return {"color": self.colour[variant], "marker": self.marker[model], "label": series_label(model, variant, features)}
+
+    def line_kwargs(self, model: str, variant: str, features: str | None = None) -> dict:
+        """A line: dashed where the features were read into RAM instead of memory-mapped."""
+        return {**self.kwargs(model, variant, features), "ls": "-" if features in (None, DEFAULT_FEATURES) else "--"}
+
+
+def series_label(model: str, variant: str, features: str | None) -> str:
+    suffix = "" if features in (None, DEFAULT_FEATURES) or pd.isna(features) else f" [{features}]"
+    return f"{model} {variant}{suffix}"
+
+
+def panel_keys(cells: pd.DataFrame) -> list[tuple[str, str]]:
+    """(host, device) pairs, host-major, so the panels of one host sit together."""
+    pairs = cells[["host", "device"]].dropna().drop_duplicates()
+    return sorted(map(tuple, pairs.itertuples(index=False)))
+
+
+def panel_title(host: str, device: str, width: int = 44) -> str:
+    """Host names come from the data: shortened, and with $ escaped so that matplotlib
+    does not read them as mathtext."""
+    title = f"{host} · {device}"
+    title = title if len(title) <= width else title[: width - 1] + "…"
+    return title.replace("$", r"\$")
+
+
+def panel_grid(count: int, sharey: bool = True, size=PANEL_SIZE):
+    columns = min(count, MAX_COLUMNS)
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(size[0] * columns, size[1] * rows + 0.7), sharey=sharey, squeeze=False
+    )
+    flat = axes.ravel()
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
+def finish(fig, axes, title: str, legend_from=None) -> None:
+    fig.suptitle(title, fontsize=12)
+    handles, labels = [], []
+    for ax in axes if legend_from is None else [legend_from]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    rows = math.ceil(len(axes) / MAX_COLUMNS)
+    bottom = min(0.45, (0.55 + 0.2 * math.ceil(len(labels) / 6)) / fig.get_figheight()) if labels else 0.08
+    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.5 / fig.get_figheight(), bottom=bottom,
+                        wspace=0.12, hspace=0.45 if rows > 1 else 0.2)
+
+
+def ok_cells(cells: pd.DataFrame, column: str) -> pd.DataFrame:
+    return cells[(cells["status"] == "ok") & cells[column].notna()]
+
+
+def series_in(panel: pd.DataFrame):
+    """(model, variant, features, rows by batch) for each line of a panel."""
+    groups = panel.fillna({"features": DEFAULT_FEATURES}).groupby(["model", "variant", "features"], sort=True)
+    for (model, variant, features), rows in groups:
+        yield model, variant, features, rows.sort_values("batch_size")
+
+
+def batch_axis(ax, batches) -> None:
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(int(b) for b in batches))
+    if len(ticks) <= 10:
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("batch")
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def per_panel_lines(cells, column, title, ylabel, log_y=True, whiskers=False, ):
+    """One panel per host/device with `column` against batch, one line per model/variant."""
+    rows = ok_cells(cells, column)
+    keys = panel_keys(rows)
+    if not keys:
+        return None
+    styles = Styles(rows)
+    fig, axes = panel_grid(len(keys))
+    for ax, (host, device) in zip(axes, keys):
+        panel = rows[(rows["host"] == host) & (rows["device"] == device)]
+        for index, (model, variant, features, line) in enumerate(series_in(panel)):
+            # A small horizontal offset per line keeps whiskers of equal batches apart.
+            x = line["batch_size"].to_numpy(float) * 2 ** ((index - 2) * 0.03)
+            y = line[column].to_numpy(float)
+            ax.plot(x, y, ms=4, lw=1.2, **styles.line_kwargs(model, variant, features))
+            if whiskers:
+                for upper, width in (("latency_p90_ms", 1.2), ("latency_p99_ms", 0.6)):
+                    top = line[upper].to_numpy(float)
+                    ax.vlines(x, y, np.where(np.isnan(top), y, top), colors=styles.colour[variant], lw=width)
+        batch_axis(ax, panel["batch_size"])
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_title(panel_title(host, device), fontsize=10)
+    axes[0].set_ylabel(ylabel)
+    finish(fig, axes, title)
+    return fig
+
+
+def latency_figure(cells):
+    return per_panel_lines(
+        cells, "latency_p50_ms", "Episode latency per batch: p50, whiskers to p90 (thick) and p99 (thin)",
+        "latency per batch (ms)", whiskers=True,
+    )
+
+
+def sample_latency_figure(cells):
+    return per_panel_lines(cells, "sample_latency_p50_ms", "Latency per sample (p50 / batch)", "ms per sample")
+
+
+def throughput_figure(cells):
+    return per_panel_lines(cells, "throughput_samples_per_s", "Throughput", "samples / s")
+
+
+def roofline_figure(cells):
+    return per_panel_lines(
+        cells, "roofline_fraction", "Roofline efficiency (achieved fraction of the bound)", "fraction of bound"
+    )
+
+
+def energy_figure(cells, reasons: dict[str, str]):
+    """Energy per sample against batch; a host without power figures gets its reason in the panel."""
+    keys = panel_keys(cells[cells["status"] == "ok"])
+    if not keys:
+        return None
+    rows = ok_cells(cells, "energy_per_sample_j")
+    styles = Styles(cells[cells["status"] == "ok"])
+    fig, axes = panel_grid(len(keys))
+    for ax, (host, device) in zip(axes, keys):
+        panel = rows[(rows["host"] == host) & (rows["device"] == device)]
+        ax.set_title(panel_title(host, device), fontsize=10)
+        if panel.empty:
+            reason = reasons.get(host) or "no power readings"
+            ax.text(0.5, 0.5, "power not measured:\n" + wrap(reason, 40), ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8, color="#555")
+            ax.set_xticks([])
+            continue
+        for model, variant, features, line in series_in(panel):
+            ax.plot(line["batch_size"], line["energy_per_sample_j"], ms=4, lw=1.2,
+                    **styles.line_kwargs(model, variant, features))
+        batch_axis(ax, panel["batch_size"])
+        ax.set_yscale("log")
+    axes[0].set_ylabel("J per sample")
+    finish(fig, axes, "Energy per sample")
+    return fig
+
+
+def wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(text), width)[:4]).replace("$", r"\$")
+
+
+def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
+    """Peak RSS against batch, the fitted line of each series (from the capacity rows:
+    host, device, model, variant, features, fit_slope_mb_per_sample, fit_intercept_mb) and
+    the RAM budgets of each host (host, budget, budget_mb)."""
+    rows = ok_cells(cells, "peak_rss_mb")
+    keys = panel_keys(rows)
+    if not keys:
+        return None
+    styles = Styles(rows)
+    fits = fits.set_index(["host", "device", "model", "variant", "features"]) if not fits.empty else fits
+    fig, axes = panel_grid(len(keys), sharey=False)
+    for ax, (host, device) in zip(axes, keys):
+        panel = rows[(rows["host"] == host) & (rows["device"] == device)]
+        xs = np.geomspace(1.0, float(panel["batch_size"].max()), 24)  # straight lines curve on a log axis
+        for model, variant, features, line in series_in(panel):
+            ax.scatter(line["batch_size"], line["peak_rss_mb"], s=14, **styles.kwargs(model, variant, features))
+            key = (host, device, model, variant, features)
+            if not fits.empty and key in fits.index:
+                fit = fits.loc[[key]].iloc[0]
+                ax.plot(xs, fit["fit_intercept_mb"] + fit["fit_slope_mb_per_sample"] * xs,
+                        color=styles.colour[variant], lw=0.9, ls="--")
+        draw_budgets(ax, budgets[budgets["host"] == host], float(panel["peak_rss_mb"].max()))
+        batch_axis(ax, panel["batch_size"])
+        ax.set_title(panel_title(host, device), fontsize=10)
+    axes[0].set_ylabel("peak RSS (MB)")
+    finish(fig, axes, "Peak RAM against batch: measured (points), fitted (dashed), budgets (dotted)")
+    return fig
+
+
+def draw_budgets(ax, budgets: pd.DataFrame, peak_mb: float) -> None:
+    """Budget lines up to the smallest budget above the data; larger ones named in a note,
+    so that a 24 GB host does not flatten a 700 MB curve."""
+    budgets = budgets.sort_values("budget_mb")
+    above = budgets[budgets["budget_mb"] > peak_mb]
+    top = max(peak_mb * 1.25, above["budget_mb"].iloc[0] * 1.08 if len(above) else 0.0)
+    for budget in budgets.itertuples():
+        if budget.budget_mb <= top:
+            ax.axhline(budget.budget_mb, color="#444", lw=0.8, ls=":")
+            ax.text(1, budget.budget_mb, f" {budget.budget}", fontsize=7, va="bottom", color="#444")
+    off_scale = [f"{b.budget} {b.budget_mb / 1e3:.3g} GB" for b in budgets.itertuples() if b.budget_mb > top]
+    if off_scale:
+        ax.text(0.98, 0.97, "off scale: " + ", ".join(off_scale), transform=ax.transAxes, ha="right", va="top",
+                fontsize=7, color="#444")
+    ax.set_ylim(0, top)
+
+
+def accuracy_figure(cells):
+    """Accuracy against batch-1 latency per sample, marker area ∝ file size, per host/device."""
+    rows = ok_cells(cells, "accuracy_valid_seen")
+    rows = rows[(rows["batch_size"] == 1) & rows["sample_latency_p50_ms"].notna()]
+    keys = panel_keys(rows)
+    if not keys:
+        return None
+    styles = Styles(rows)
+    fig, axes = panel_grid(len(keys))
+    largest = float(rows["model_file_mb"].max()) if rows["model_file_mb"].notna().any() else 1.0
+    for ax, (host, device) in zip(axes, keys):
+        panel = rows[(rows["host"] == host) & (rows["device"] == device)]
+        for row in panel.itertuples():
+            size = 30 + 300 * (row.model_file_mb / largest if pd.notna(row.model_file_mb) else 0)
+            ax.scatter(row.sample_latency_p50_ms, row.accuracy_valid_seen * 100, s=size, alpha=0.7,
+                       **styles.kwargs(row.model, row.variant, row.features))
+            ax.annotate(row.variant, (row.sample_latency_p50_ms, row.accuracy_valid_seen * 100),
+                        fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per sample at batch 1")
+        ax.grid(True, alpha=0.3)
+        ax.set_title(panel_title(host, device), fontsize=10)
+    axes[0].set_ylabel("action accuracy, valid_seen (%)")
+    finish(fig, axes, "Accuracy against latency (marker area ∝ file size)")
+    return fig
+
+
+def training_figure(curves: pd.DataFrame):
+    """Per model: the loss columns and the accuracy-like columns against epoch."""
+    if curves.empty or "epoch" not in curves:
+        return None
+    models = sorted(curves["model"].unique())
+    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 6.2), squeeze=False)
+    for column_index, model in enumerate(models):
+        rows = curves[curves["model"] == model].sort_values("epoch")
+        numeric = [c for c in rows.columns if c not in ("epoch", "model", "seconds")
+                   and pd.api.types.is_numeric_dtype(rows[c]) and rows[c].notna().any()]
+        losses = [c for c in numeric if "loss" in c]
+        scores = [c for c in numeric if c not in losses and rows[c].between(0, 1).all()]
+        for ax, columns, label in ((axes[0, column_index], losses, "loss"), (axes[1, column_index], scores, "score")):
+            for column in columns:
+                ax.plot(rows["epoch"], rows[column], marker="o", ms=3, label=column)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+            if columns:
+                ax.legend(fontsize=7)
+        axes[0, column_index].set_title(model)
+    fig.suptitle("Training curves")
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.09, hspace=0.35, wspace=0.25)
+    return fig
+
+
+def storage_figure(stages: pd.DataFrame, budget_gb: float | None):
+    """Bars of the planned size of each stage (raw → subset → store → …) against the budget."""
+    if stages.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.barh(stages["stage"], stages["size_gb"], color="#4c72b0")
+    if budget_gb:
+        ax.axvline(budget_gb, color="#c44", ls="--", lw=1)
+        ax.text(budget_gb, -0.6, f" budget {budget_gb:g} GB", color="#c44", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("GB (1e9 bytes)")
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle("Storage plan against the budget")
+    fig.subplots_adjust(left=0.2, right=0.97, top=0.87, bottom=0.16)
+    return fig

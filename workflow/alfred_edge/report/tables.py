@@ -1,0 +1,205 @@
+"""The report's tables, computed from the results table (one row per cell): the headline
+per host/device, RAM fits and capacity, power, leaks, failures and each host's environment.
+Each returns plain Python rows (lists of dicts), so the template escapes every value."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+ENVIRONMENT_COLUMNS = [
+    "device_name", "platform", "os", "python_version", "cpu_model", "cpu_cores_logical", "cpu_cores_physical",
+    "cpu_governor", "ram_total_mb", "torch_version", "cuda_version", "cudnn_version", "num_threads",
+    "num_interop_threads", "quantized_engine", "jetson_model", "jetson_l4t", "jetson_power_mode", "jetson_clocks",
+    "roofline_peak_gflops", "roofline_bandwidth_gbps", "git_commit", "settings_digest",
+]
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number with `digits` significant digits, or "–" for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "–"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{value:,.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
+    return str(value)
+
+
+def cell_name(row) -> str:
+    return f"{row['model']} {row['variant']} @ batch {int(row['batch_size'])}"
+
+
+def ok(cells: pd.DataFrame) -> pd.DataFrame:
+    return cells[cells["status"] == "ok"]
+
+
+def budgets_per_host(cells: pd.DataFrame, capacity: pd.DataFrame, budgets_gb: dict) -> pd.DataFrame:
+    """One row per (host, budget). A host's capacity rows name its budgets; a host without
+    them (e.g. a board that ran only the standalone runner) gets the configured ones
+    ({name: GB}, "auto" = the host's own RAM as its rows recorded it)."""
+    rows = [
+        {"host": row.host, "budget": row.budget_name, "budget_mb": float(row.budget_mb)}
+        for row in capacity[["host", "budget_name", "budget_mb"]].dropna().drop_duplicates().itertuples()
+    ]
+    ram = cells.groupby("host")["ram_total_mb"].max()
+    for host in sorted(set(cells["host"].dropna()) - {row["host"] for row in rows}):
+        for name, value in sorted(budgets_gb.items()):
+            budget_mb = ram.get(host) if value == "auto" else float(value) * 1e3
+            if pd.notna(budget_mb):
+                rows.append({"host": host, "budget": name, "budget_mb": float(budget_mb)})
+    return pd.DataFrame(rows, columns=["host", "budget", "budget_mb"]).sort_values(["host", "budget_mb"])
+
+
+def fits_budgets(row, budgets: pd.DataFrame) -> str:
+    names = budgets[(budgets["host"] == row["host"]) & (budgets["budget_mb"] >= row["peak_rss_mb"])]["budget"]
+    return ", ".join(names) if pd.notna(row["peak_rss_mb"]) else "RAM not measured"
+
+
+def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows no other row beats on both latency (lower) and accuracy (higher)."""
+    rows = rows.sort_values(["sample_latency_p50_ms", "accuracy_valid_seen"], ascending=[True, False])
+    best, front = -np.inf, []
+    for index, accuracy in zip(rows.index, rows["accuracy_valid_seen"]):
+        if accuracy > best:
+            front.append(index)
+            best = accuracy
+    return rows.loc[front]
+
+
+def headline(cells: pd.DataFrame, budgets: pd.DataFrame) -> list[dict]:
+    """Per host/device: fastest at batch 1, highest throughput, the accuracy/latency front."""
+    result = []
+    for (host, device), panel in ok(cells).groupby(["host", "device"], sort=True):
+        entry = {"host": host, "device": device, "device_name": fmt(panel["device_name"].dropna().iloc[0])
+                 if panel["device_name"].notna().any() else "–"}
+        batch1 = panel[(panel["batch_size"] == 1) & panel["sample_latency_p50_ms"].notna()]
+        if not batch1.empty:
+            row = batch1.loc[batch1["sample_latency_p50_ms"].idxmin()]
+            entry["fastest"] = {"cell": f"{row['model']} {row['variant']}",
+                                "value": f"{fmt(row['sample_latency_p50_ms'])} ms per sample",
+                                "budgets": fits_budgets(row, budgets)}
+        with_throughput = panel[panel["throughput_samples_per_s"].notna()]
+        if not with_throughput.empty:
+            row = with_throughput.loc[with_throughput["throughput_samples_per_s"].idxmax()]
+            entry["throughput"] = {"cell": cell_name(row),
+                                   "value": f"{fmt(row['throughput_samples_per_s'])} samples/s",
+                                   "budgets": fits_budgets(row, budgets)}
+        scored = batch1[batch1["accuracy_valid_seen"].notna()]
+        entry["front"] = [
+            {"cell": f"{row['model']} {row['variant']}",
+             "value": f"{fmt(row['accuracy_valid_seen'] * 100)} % at {fmt(row['sample_latency_p50_ms'])} ms",
+             "budgets": fits_budgets(row, budgets)}
+            for _, row in pareto_front(scored).iterrows()
+        ]
+        result.append(entry)
+    return result
+
+
+SERIES = ["host", "device", "model", "variant", "features"]
+
+
+def ram_fits(capacity: pd.DataFrame) -> pd.DataFrame:
+    """The fitted line of peak RSS against batch per series (the benchmark's capacity rows
+    repeat it for each budget)."""
+    fitted = capacity[capacity["fit_slope_mb_per_sample"].notna()]
+    return fitted[SERIES + ["fit_slope_mb_per_sample", "fit_intercept_mb"]].drop_duplicates(SERIES)
+
+
+def capacity_rows(capacity: pd.DataFrame) -> tuple[list[str], list[dict]]:
+    """One row per series, one column per budget name: the largest batch the fit predicts,
+    and the one measured where the harness measured that budget."""
+    budgets = list(dict.fromkeys(capacity.sort_values("budget_mb")["budget_name"].dropna()))
+    rows = []
+    for key, group in capacity.groupby(SERIES, sort=True, dropna=False):
+        first = group.iloc[0]
+        row = {"series": " · ".join(fmt(part) for part in key), "points": fmt(first["fit_points"]),
+               "slope": fmt(first["fit_slope_mb_per_sample"]), "intercept": fmt(first["fit_intercept_mb"]),
+               "errors": "; ".join(group["error"].dropna().unique()), "budgets": {}}
+        for entry in group.itertuples():
+            text = f"{fmt(entry.predicted_max_batch)} ({fmt(entry.budget_mb / 1e3)} GB)"
+            if entry.measured is True:
+                text += f", measured {fmt(entry.measured_max_batch)}"
+            row["budgets"][entry.budget_name] = text
+        rows.append(row)
+    return budgets, rows
+
+
+def power_by_host(cells: pd.DataFrame) -> list[dict]:
+    """Per host: the power method and what it covers, or why power was not measured."""
+    result = []
+    for host, rows in cells.groupby("host", sort=True):
+        methods = [m for m in rows["power_method"].dropna().unique() if m != "none"]
+        reasons = rows["power_unavailable_reason"].dropna().unique()
+        result.append({
+            "host": host,
+            "method": ", ".join(methods) or "none",
+            "scope": ", ".join(rows["power_scope"].dropna().unique()) or "–",
+            "reason": "; ".join(reasons) or ("–" if methods else "not recorded"),
+        })
+    return result
+
+
+def power_reasons(cells: pd.DataFrame) -> dict[str, str]:
+    return {entry["host"]: entry["reason"] for entry in power_by_host(cells)}
+
+
+def power_cells(cells: pd.DataFrame) -> list[dict]:
+    measured = ok(cells)[ok(cells)["mean_power_w"].notna() | ok(cells)["energy_per_sample_j"].notna()]
+    return [
+        {"host": row["host"], "device": row["device"], "cell": cell_name(row), "idle": fmt(row["idle_power_w"]),
+         "mean": fmt(row["mean_power_w"]), "energy": fmt(row["energy_per_sample_j"]),
+         "above_idle": fmt(row["energy_per_sample_above_idle_j"]), "method": fmt(row["power_method"])}
+        for _, row in measured.iterrows()
+    ]
+
+
+def leaks(cells: pd.DataFrame) -> tuple[int, list[dict]]:
+    """How many cells had a leak check, and the ones flagged."""
+    checked = ok(cells)[ok(cells)["leak_flag"].notna()]
+    flagged = checked[checked["leak_flag"].astype(bool)]
+    return len(checked), [
+        {"host": row["host"], "device": row["device"], "cell": cell_name(row),
+         "slope": fmt(row["leak_rss_slope_mb_per_iter"]), "iterations": fmt(row["iterations"])}
+        for _, row in flagged.iterrows()
+    ]
+
+
+def roofline(cells: pd.DataFrame) -> list[dict]:
+    rows = ok(cells)[ok(cells)["roofline_fraction"].notna()]
+    return [
+        {"host": host, "device": device, "cells": len(group),
+         "median": fmt(group["roofline_fraction"].median()), "best": fmt(group["roofline_fraction"].max()),
+         "best_cell": cell_name(group.loc[group["roofline_fraction"].idxmax()])}
+        for (host, device), group in rows.groupby(["host", "device"], sort=True)
+    ]
+
+
+def failures(cells: pd.DataFrame) -> list[dict]:
+    """Failed and skipped cells grouped by host, device, status and reason."""
+    bad = cells[cells["status"] != "ok"].fillna({"error": "(no reason recorded)", "device": "–"})
+    result = []
+    for (host, device, status, reason), group in bad.groupby(["host", "device", "status", "error"], sort=True):
+        names = [cell_name(row) if pd.notna(row["batch_size"]) else str(row["source_file"]) for _, row in group.iterrows()]
+        result.append({"host": host, "device": device, "status": status, "reason": reason,
+                       "count": len(names), "cells": ", ".join(names[:12]) + (" …" if len(names) > 12 else "")})
+    return result
+
+
+def environments(cells: pd.DataFrame) -> tuple[list[str], list[dict]]:
+    """Hosts as columns, one row per environment field: several values are joined."""
+    hosts = sorted(cells["host"].dropna().unique())
+    rows = []
+    for column in ENVIRONMENT_COLUMNS + ["ts_utc"]:
+        values = {}
+        for host in hosts:
+            seen = cells.loc[cells["host"] == host, column].dropna().unique()
+            if column == "ts_utc" and len(seen):
+                values[host] = f"{min(seen)} … {max(seen)}"
+            else:
+                values[host] = ", ".join(fmt(value) for value in sorted(seen, key=str)) or "–"
+        rows.append({"field": column, "values": [values[host] for host in hosts]})
+    return hosts, rows
