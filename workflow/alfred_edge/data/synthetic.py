@@ -158,6 +158,8 @@ def _draw_plan(rng: np.random.Generator, task: dict, nav_steps: tuple[int, int])
         if action == "GotoLocation":
             n = int(rng.integers(nav_steps[0], nav_steps[1] + 1))
             low = [NAV_ACTIONS[int(i)] for i in rng.integers(len(NAV_ACTIONS), size=n)]
+            if "MoveAhead_25" not in low:  # navigation always moves (as in every real plan)
+                low[-1] = "MoveAhead_25"
         plan.append(dict(action=action, args=args, low=list(low), target=target))
     return plan
 
