@@ -309,7 +309,7 @@ def load_variant(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
     check_available(variant, device)
     try:
         return load_state(variant, payload["source"], payload["state_dict"], device, path)
-    except (RuntimeError, ValueError) as exc:
+    except Exception as exc:  # packed int8 formats are private to a torch build
         if payload["torch_version"] != str(torch.__version__):
             raise VariantUnavailable(variant, f"{path} was written by torch {payload['torch_version']} "
                                      f"and does not load in torch {torch.__version__}; rerun its "
