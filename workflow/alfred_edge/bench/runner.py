@@ -205,3 +205,21 @@ def run_roofline(spec: dict, out_path: str | os.PathLike) -> dict:
     child = run_child("roofline", spec, spec["timeout_s"], None)
     row = {**base_columns(spec), **exit_columns(child, spec["timeout_s"], None), "wall_time_s": child.wall_s}
     return finish("roofline", row, out_path)
+
+
+OOM_STATUSES = ("oom", "oom_killed")
+
+
+def smaller_batch_oom_reason(previous_cell_files: list[str]) -> str | None:
+    """The skip reason when a smaller batch of the same (model, variant, device, features)
+    ran out of memory (or was skipped for that): larger ones would too, and near-OOM runs
+    can leave a board unstable."""
+    import pyarrow.parquet as pq
+
+    for path in previous_cell_files:
+        for row in pq.read_table(path, columns=["status", "batch_size", "error"]).to_pylist():
+            if row["status"] in OOM_STATUSES:
+                return f"batch {row['batch_size']} already ran out of memory ({row['status']}); larger batches are not run"
+            if row["status"] == "skipped" and (row["error"] or "").startswith("batch ") and "out of memory" in row["error"]:
+                return row["error"]
+    return None

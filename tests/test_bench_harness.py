@@ -1,0 +1,89 @@
+"""The timing loop, its statistics, the leak fit and the capacity fit (in-process, no torch
+child): what the rows say must follow from what was measured."""
+import time
+
+import numpy as np
+import pytest
+
+from alfred_edge.bench import capacity, harness, memory
+
+
+def test_loop_needs_both_minimum_count_and_minimum_duration():
+    calls = []
+    settings = harness.LoopSettings(min_iterations=3, min_duration_s=0.05, max_duration_s=5, warmup_iterations=0)
+    result = harness.timed_loop(lambda: calls.append(time.sleep(0.001)), lambda: None, settings)
+    assert len(result.latencies_s) == len(calls) >= 3
+    assert result.loop_wall_s >= 0.05      # duration reached, far more than 3 iterations
+    few = harness.timed_loop(lambda: time.sleep(0.03), lambda: None,
+                             harness.LoopSettings(min_iterations=4, min_duration_s=0.0, max_duration_s=5, warmup_iterations=0))
+    assert len(few.latencies_s) == 4       # count reached; duration 0
+
+
+def test_loop_stops_at_max_duration():
+    settings = harness.LoopSettings(min_iterations=10_000, min_duration_s=0, max_duration_s=0.05, warmup_iterations=0)
+    result = harness.timed_loop(lambda: time.sleep(0.01), lambda: None, settings)
+    assert 2 <= len(result.latencies_s) < 20
+
+
+def test_sync_runs_before_each_clock_read():
+    events = []
+    settings = harness.LoopSettings(min_iterations=2, min_duration_s=0, max_duration_s=5, warmup_iterations=0)
+    harness.timed_loop(lambda: events.append("run"), lambda: events.append("sync"), settings)
+    assert events == ["sync", "sync", "run", "sync", "sync", "run", "sync", "sync"]
+
+
+def test_latency_stats_units_percentiles_and_flags():
+    lat_s = np.arange(1, 101) * 1e-3              # 1..100 ms
+    stats = harness.latency_stats(lat_s, loop_wall_s=5.2, batch_size=4, steps_per_episode=10)
+    assert stats["latency_p50_ms"] == pytest.approx(50.5)
+    assert stats["latency_p90_ms"] == pytest.approx(np.percentile(np.arange(1, 101), 90))
+    assert stats["latency_iqr_ms"] == pytest.approx(75.25 - 25.75)
+    assert stats["step_latency_p50_ms"] == pytest.approx(5.05)
+    assert stats["sample_latency_p50_ms"] == pytest.approx(50.5 / 4)
+    assert stats["throughput_samples_per_s"] == pytest.approx(4 * 100 / 5.2)
+    assert stats["harness_gap_fraction"] == pytest.approx(1 - 5.05 / 5.2)
+    assert stats["flag_low_n_p90"] is False and stats["flag_low_n_p99"] is True
+    assert stats["flag_wide_spread"] is True
+    steady = harness.latency_stats([0.010, 0.0101, 0.0099, 0.0100], 0.05, 1, 1)
+    assert steady["flag_wide_spread"] is False and steady["flag_low_n_p90"] is True
+
+
+def test_loop_settings_reject_nonsense():
+    with pytest.raises(ValueError):
+        harness.LoopSettings(min_iterations=0, min_duration_s=0, max_duration_s=1, warmup_iterations=0)
+    with pytest.raises(ValueError):
+        harness.LoopSettings(min_iterations=1, min_duration_s=5, max_duration_s=1, warmup_iterations=0)
+
+
+def test_leak_fit_flags_steady_growth_and_ignores_noise_and_warmup():
+    rng = np.random.default_rng(0)
+    flat = 500 + rng.normal(0, 0.5, 50)
+    flat[:5] += np.linspace(40, 0, 5)                  # allocator warm-up, dropped
+    leaking = 500 + 2.0 * np.arange(50) + rng.normal(0, 0.5, 50)
+    assert memory.leak_fit(flat)["flag"] is False
+    fit = memory.leak_fit(leaking)
+    assert fit["flag"] is True and fit["slope_mb_per_iter"] == pytest.approx(2.0, abs=0.1) and fit["rho"] > 0.95
+    assert memory.leak_fit([1.0, 2.0, 3.0])["flag"] is None   # too few points to judge
+    outlier = np.full(30, 400.0)
+    outlier[15] = 900.0                                     # one spike: Theil-Sen ignores it
+    assert memory.theil_sen_slope(outlier) == 0.0
+
+
+def test_inference_peak_sees_an_allocation_inside_the_window():
+    with memory.InferencePeak() as peak:
+        block = np.ones(80_000_000 // 8)                    # 80 MB, touched
+        del block
+    assert peak.peak_mb >= memory.rss_mb() + 70
+    assert peak.method in ("clear_refs", "sampled")
+
+
+def test_capacity_fit_and_prediction():
+    rows = [{"status": "ok", "batch_size": b, "peak_rss_mb": 400 + 10 * b} for b in (1, 2, 4, 8)]
+    rows.append({"status": "oom", "batch_size": 16, "peak_rss_mb": 9999})  # failures are not fitted
+    fit = capacity.fit_peak_ram(rows)
+    assert fit["fit_slope_mb_per_sample"] == pytest.approx(10) and fit["fit_intercept_mb"] == pytest.approx(400)
+    assert capacity.predict_max_batch(fit, 4005) == 360
+    assert capacity.predict_max_batch(fit, 300) == 0
+    assert capacity.predict_max_batch(capacity.fit_peak_ram(rows[:1]), 4000) is None
+    assert capacity.search_batches(20, 2.0) == [1, 2, 4, 8, 16]
+    assert capacity.budgets_mb({"a": 4.0, "host": "auto"})["a"] == 4000.0

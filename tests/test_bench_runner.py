@@ -1,0 +1,148 @@
+"""Failures are rows: every outcome of a cell (ok, oom, oom_killed, timeout, error, skipped)
+ends up in its Parquet file with the reason. Children here import torch (a few seconds each),
+so only the paths that need a real child use one."""
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from alfred_edge.bench import capacity, child, harness, runner
+
+LOOP = {"min_iterations": 3, "min_duration_s": 0.0, "max_duration_s": 10.0, "warmup_iterations": 1}
+
+
+def fake_spec(**overrides):
+    spec = {"host": "testhost", "model": "fake", "variant": "fp32", "device": "cpu", "batch_size": 3,
+            "features": "mmap", "threads": 1, "max_steps": 3, "timeout_s": 120, "loop": LOOP,
+            "power": {"interval_s": 0.05, "idle_s": 0.0}, "model_path": None, "fp32_path": None}
+    return {**spec, **overrides}
+
+
+def read_row(path):
+    rows = pq.read_table(path).to_pylist()
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_ok_cell_row_holds_what_was_measured(tmp_path):
+    row = runner.run_cell(fake_spec(), tmp_path / "b3.parquet")
+    written = read_row(tmp_path / "b3.parquet")
+    assert written["run_id"] == row["run_id"] and written["status"] == "ok" and written["error"] is None
+    assert written["observed_batch_size"] == 3 and written["steps_per_episode"] == 3
+    assert written["iterations"] == len(written["latencies_ms"]) == len(written["rss_trace_mb"]) >= 3
+    assert written["latency_min_ms"] <= written["latency_p50_ms"] <= written["latency_max_ms"]
+    assert written["num_threads"] == 1 and written["torch_version"] == torch.__version__
+    assert written["peak_rss_mb"] >= written["peak_rss_inference_mb"] > written["rss_baseline_mb"] > 0
+    assert written["flops_per_step"] > 0
+    assert written["power_method"] != "none" or written["power_unavailable_reason"]
+    assert written["settings_digest"] and '"batch_size":3' in written["settings_json"]
+
+
+def test_cuda_out_of_memory_becomes_an_oom_row(tmp_path):
+    row = runner.run_cell(fake_spec(fault="cuda_oom"), tmp_path / "oom.parquet")
+    assert row["status"] == "oom" and "OutOfMemoryError" in row["error"]
+    assert read_row(tmp_path / "oom.parquet")["status"] == "oom"
+    assert row["exit_code"] == 0 and row["peak_rss_mb"] > 0
+
+
+def test_a_child_killed_by_sigkill_becomes_oom_killed(tmp_path):
+    row = runner.run_cell(fake_spec(fault="die"), tmp_path / "killed.parquet")
+    assert row["status"] == "oom_killed" and row["exit_code"] == -9
+    assert row["peak_rss_mb"] > 0            # from wait4's ru_maxrss: the child could not report
+    assert row["torch_version"]              # filled in by the parent
+
+
+def test_absent_device_is_a_skipped_row_without_a_child(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_child", lambda *a, **k: pytest.fail("no child for an absent device"))
+    monkeypatch.setattr(runner.os.path, "exists", lambda path: False)  # no /dev/nvidia*
+    row = runner.run_cell(fake_spec(device="cuda"), tmp_path / "cuda.parquet")
+    assert row["status"] == "skipped" and "no NVIDIA GPU" in row["error"]
+    assert read_row(tmp_path / "cuda.parquet")["batch_size"] == 3
+
+
+def test_cuda_absent_in_torch_is_skipped_in_the_child():
+    with pytest.raises(Exception) as info:
+        child.measure_cell(fake_spec(device="cuda"), torch)
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    cols = child.failure_columns(info.value, torch)
+    assert cols["status"] == "skipped" and "no CUDA device" in cols["error"]
+
+
+def test_wrong_batch_size_is_caught():
+    with pytest.raises(harness.BatchSizeError, match="asked for batch 3") as info:
+        child.measure_cell(fake_spec(fault="wrong_batch"), torch)
+    cols = child.failure_columns(info.value, torch)
+    assert cols["status"] == "error" and "asked for batch 3" in cols["error"] and "[2,1,300,300]" not in cols["error"]
+
+
+def test_memory_error_and_cuda_messages_are_oom():
+    assert child.failure_columns(MemoryError("x"), torch)["status"] == "oom"
+    assert child.failure_columns(RuntimeError("CUDA error: out of memory"), torch)["status"] == "oom"
+    assert child.failure_columns(ValueError("bad file"), torch)["status"] == "error"
+
+
+def test_smaller_batch_oom_skips_larger_ones(tmp_path):
+    runner.skipped_row("cells", fake_spec(device="cuda", batch_size=2), "irrelevant", tmp_path / "b2.parquet")
+    assert runner.smaller_batch_oom_reason([str(tmp_path / "b2.parquet")]) is None
+    write_row(fake_spec(batch_size=4), tmp_path / "b4.parquet", status="oom", error="OutOfMemoryError")
+    reason = runner.smaller_batch_oom_reason([str(tmp_path / "b2.parquet"), str(tmp_path / "b4.parquet")])
+    assert reason.startswith("batch 4 already ran out of memory (oom)")
+    row = runner.run_cell(fake_spec(batch_size=8), tmp_path / "b8.parquet", skip_reason=reason)
+    assert row["status"] == "skipped" and row["error"] == reason
+    runner.run_cell(fake_spec(batch_size=16), tmp_path / "b16.parquet",
+                    skip_reason=runner.smaller_batch_oom_reason([str(tmp_path / "b8.parquet")]))
+    assert read_row(tmp_path / "b16.parquet")["error"] == reason   # the skip carries on up the sweep
+
+
+def write_row(spec, path, **cols):
+    """A cell row as a finished job leaves it (without spending a child on it)."""
+    runner.finish("cells", {**runner.base_columns(spec), "batch_size": spec["batch_size"], **cols}, path)
+
+
+def _python(code):
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_watch_ends_a_child_at_the_timeout():
+    status, rusage, ended_by, _ = runner._watch(_python("import time; time.sleep(60)"), timeout_s=0.5, ram_limit_mb=None)
+    assert ended_by == "timeout"
+    cols = runner.exit_columns(runner.ChildExit(-15, None, 1.0, 0.5, ended_by), 0.5, None)
+    assert cols["status"] == "timeout" and "0.5 s" in cols["error"]
+
+
+def test_watch_ends_a_child_that_passes_the_ram_limit():
+    code = "import time\nblocks = []\nwhile True:\n    blocks.append(bytearray(20_000_000)); time.sleep(0.02)"
+    status, rusage, ended_by, peak = runner._watch(_python(code), timeout_s=30, ram_limit_mb=150)
+    assert ended_by == "ram_limit" and peak > 150
+    cols = runner.exit_columns(runner.ChildExit(-15, None, peak, 1.0, ended_by, peak), 30, 150)
+    assert cols["status"] == "oom" and "limit of 150 MB" in cols["error"]
+
+
+def test_capacity_search_stops_at_the_limit_and_reports_the_largest_batch(tmp_path):
+    cells = []
+    for b in (1, 2):
+        write_row(fake_spec(batch_size=b), tmp_path / f"b{b}.parquet", status="ok", peak_rss_mb=300.0 + b)
+        cells.append(str(tmp_path / f"b{b}.parquet"))
+    spec = fake_spec(capacity={"budgets_gb": {"tiny": 0.05, "big": 100.0}, "measure": "tiny",
+                               "max_batch": 8, "factor": 2.0, "steps": 2})
+    rows = capacity.run_capacity(spec, cells, tmp_path / "capacity.parquet")
+    by_budget = {r["budget_name"]: r for r in pq.read_table(tmp_path / "capacity.parquet").to_pylist()}
+    assert set(by_budget) == {"tiny", "big"} and len(rows) == 2
+    tiny = by_budget["tiny"]   # 50 MB: below a torch process's baseline, so nothing fits
+    assert tiny["status"] == "ok" and tiny["measured"] and tiny["measured_max_batch"] == 0
+    assert tiny["measured_first_failing_batch"] == 1
+    assert by_budget["big"]["measured"] is False and by_budget["big"]["measured_max_batch"] is None
+    assert by_budget["big"]["fit_points"] == 2
+    assert by_budget["big"]["fit_slope_mb_per_sample"] == pytest.approx(1.0)
+    assert by_budget["big"]["predicted_max_batch"] == pytest.approx(100_000 - 300, abs=1)
+
+
+def test_measured_columns_from_progress():
+    exit_ = runner.ChildExit(0, {}, 900, 3.0, "ram_limit", 1200,
+                             [{"batch": 1, "peak_rss_mb": 500}, {"batch": 2, "peak_rss_mb": 700}, {"batch": 4, "peak_rss_mb": 1100}])
+    cols = capacity.measured_columns(exit_, [1, 2, 4, 8], limit_mb=1000)
+    assert cols["measured_max_batch"] == 2 and cols["measured_first_failing_batch"] == 4
+    assert cols["measured_peak_rss_mb"] == 700 and cols["measured_batches"] == [1, 2, 4]
