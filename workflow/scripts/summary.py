@@ -11,7 +11,8 @@ with job_logging(snakemake) as log:  # noqa: F821 (snakemake is injected)
         quantization=report_inputs.read_eval_tables(inputs.evals),
         training=report_inputs.read_training(inputs.training),
         storage_plan_text=report_inputs.read_storage_plan(inputs.storage_plan),
-        storage_budget_gb=params.storage_budget_gb,
+        storage_stages=report_inputs.storage_stages(params.storage_plan),
+        storage_budget_gb=params.storage_plan["budget_bytes"] / 1e9,
         ram_budgets_gb=dict(params.ram_budgets_gb),
     )
     html.write_summary(report, outputs.html, outputs.plots)

@@ -16,14 +16,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from alfred_edge.bench import schema as bench_schema
-from alfred_edge.report import inputs
+from alfred_edge.report import discover, inputs
 
 log = logging.getLogger("alfred_edge.report")
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "results_table.schema.yaml"
 ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
-# Sub-folders of reports/bench/<host>/ by table (the paths in results.schema.yaml).
-TABLE_FOLDERS = {"cells": "cells", "capacity": "capacity", "roofline": "roofline"}
 
 
 @lru_cache(maxsize=1)
@@ -48,24 +46,12 @@ def results_schema() -> pa.Schema:
     return pa.schema(fields, metadata={"table": "results", "schema_version": str(doc["version"])})
 
 
-def discover_bench_files(bench_dir: str | Path, table: str = "cells") -> list[Path]:
-    """Every Parquet of one benchmark table under bench_dir/<host>/<table folder>/, without the
-    hidden temporary files that atomic writes leave while a job is still running."""
-    bench_dir = Path(bench_dir)
-    pattern = f"*/{TABLE_FOLDERS[table]}/**/*.parquet"
-    return sorted(
-        path
-        for path in bench_dir.glob(pattern)
-        if not any(part.startswith(".") for part in path.relative_to(bench_dir).parts)
-    )
-
-
 def read_table(path: Path, bench_dir: Path, schema: pa.Schema) -> pa.Table:
     """One benchmark file conformed to `schema`: columns it lacks (an older harness) are
     null, columns the schema does not have are left out. A file that cannot be read becomes
     one `error` row naming it, host taken from its folder, so the report shows it."""
     source = str(path.relative_to(bench_dir))
-    host = source.split("/", 1)[0]
+    host = discover.host_of(path, bench_dir)
     try:
         table = pq.read_table(path, columns=[n for n in pq.read_schema(path).names if n in schema.names])
     except Exception as exc:  # pyarrow raises several types for a damaged or foreign file

@@ -38,7 +38,7 @@ class ReportInputs:
     quantization: pd.DataFrame = field(default_factory=pd.DataFrame)
     training: pd.DataFrame = field(default_factory=pd.DataFrame)
     storage_plan_text: str = ""
-    storage_stages: pd.DataFrame = field(default_factory=pd.DataFrame)
+    storage_stages: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["stage", "size_gb"]))
     storage_budget_gb: float | None = None
     ram_budgets_gb: dict = field(default_factory=dict)
 

@@ -82,3 +82,18 @@ def read_storage_plan(path: str | Path | None) -> str:
     if path is None or not Path(path).exists():
         return ""
     return Path(path).read_text(errors="replace")
+
+
+def storage_stages(plan: dict | None) -> pd.DataFrame:
+    """The storage plan (the storage_plan rule's parse-time figures) as bars: the raw
+    json_feat selected, the store in its dtype, each model folder and the results, then
+    what is written in total, in GB (1e9 bytes)."""
+    if not plan:
+        return pd.DataFrame(columns=["stage", "size_gb"])
+    splits = plan["splits"].values()
+    store = sum(split["store_bytes"][plan["dtype"]] for split in splits)
+    rows = [("raw json_feat selected (read, not copied)", sum(split["raw_bytes"] for split in splits)),
+            (f"store ({plan['dtype']})", store)]
+    rows += [(f"{name} (estimate)", size) for name, size in plan["reserved"].items()]
+    rows.append(("written in total: store + models + results", store + sum(plan["reserved"].values())))
+    return pd.DataFrame([(stage, size / 1e9) for stage, size in rows], columns=["stage", "size_gb"])

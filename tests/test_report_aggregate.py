@@ -1,0 +1,94 @@
+"""Aggregation of benchmark files from several hosts into reports/results.parquet."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import report_fixtures as fx
+from alfred_edge.report import aggregate, discover
+
+
+@pytest.fixture(scope="module")
+def two_hosts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("aggregate")
+    bench = root / "reports" / "bench"
+    cells = fx.write_host(bench, fx.LAPTOP) + fx.write_host(bench, fx.JETSON, seed=1)
+    evals, _ = fx.write_model_tables(root / "models")
+    return bench, evals, cells
+
+
+def test_one_row_per_cell_with_the_documented_columns(two_hosts):
+    bench, evals, count = two_hosts
+    files = discover.bench_files(bench)
+    table = aggregate.aggregate(files, bench, evals)
+    assert table.schema.equals(aggregate.results_schema(), check_metadata=False)
+    rows = table.to_pandas()
+    assert len(files) == count == len(rows) == 2 * 4 * 4 * 3  # hosts' devices × models × variants × batches
+    assert not rows.duplicated(aggregate.key_columns()).any()
+    assert set(rows["host"]) == {fx.LAPTOP.name, fx.JETSON.name}
+    assert "latencies_ms" not in rows and "settings_json" not in rows
+    # Failures are rows with their message; the accuracy of each variant is joined in.
+    oom = rows[rows["status"] == "oom"]
+    assert len(oom) == 2 and (oom["error"] == fx.EVIL_ERROR).all()
+    assert (rows["status"] == "skipped").sum() == 8
+    lstm_fp32 = rows[(rows["model"] == "lstm") & (rows["variant"] == "fp32")]
+    assert np.allclose(lstm_fp32["accuracy_valid_seen"], 0.93)
+    assert np.allclose(lstm_fp32["accuracy_valid_unseen"], 0.88)
+    assert rows["source_file"].str.match(r"^(laptop|orin)/cells/.*\.parquet$").all()
+
+
+def test_the_newest_row_of_a_repeated_cell_wins(tmp_path):
+    bench = tmp_path / "bench"
+    host = dataclasses.replace(fx.LAPTOP, models=("lstm",), variants=("fp32",), batches=(1,))
+    fx.write_host(bench, host)
+    rng = np.random.default_rng(3)
+    later = dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc)
+    rerun = fx.cell_row(host, "cpu", "lstm", "fp32", 1, rng, later) | {"latency_p50_ms": 123.0}
+    fx.write("cells", rerun, bench / "laptop" / "cells" / "copy" / "b1.parquet")
+    rows = aggregate.aggregate(discover.bench_files(bench), bench).to_pandas()
+    assert len(rows) == 1
+    assert rows["latency_p50_ms"].iloc[0] == 123.0
+    assert rows["source_file"].iloc[0] == "laptop/cells/copy/b1.parquet"
+
+
+def test_a_damaged_file_becomes_an_error_row_naming_it(tmp_path):
+    bench = tmp_path / "bench"
+    host = dataclasses.replace(fx.LAPTOP, models=("lstm",), variants=("fp32",), batches=(1, 2))
+    fx.write_host(bench, host)
+    damaged = bench / "board" / "cells" / "lstm" / "fp32" / "cpu" / "mmap" / "b1.parquet"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"PAR1 truncated")
+    rows = aggregate.aggregate(discover.bench_files(bench), bench).to_pandas()
+    error = rows[rows["host"] == "board"]
+    assert len(error) == 1 and error["status"].iloc[0] == "error"
+    assert "board/cells/lstm/fp32/cpu/mmap/b1.parquet" in error["error"].iloc[0]
+    assert (rows[rows["host"] == "laptop"]["status"] == "ok").all()
+
+
+def test_an_older_harness_file_gets_nulls_and_unknown_columns_are_dropped(tmp_path):
+    bench = tmp_path / "bench"
+    path = bench / "old-board" / "cells" / "b1.parquet"
+    path.parent.mkdir(parents=True)
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"host": ["old-board"], "device": ["cpu"], "model": ["lstm"], "variant": ["fp32"],
+                             "batch_size": [1], "status": ["ok"], "latency_p50_ms": [900.0],
+                             "a_future_column": ["x"]}), path)
+    rows = aggregate.aggregate(discover.bench_files(bench), bench).to_pandas()
+    assert rows["latency_p50_ms"].iloc[0] == 900.0
+    assert rows["peak_rss_mb"].isna().all() and "a_future_column" not in rows
+
+
+def test_discovery_skips_the_temporary_files_of_unfinished_writes(tmp_path):
+    cells = tmp_path / "host" / "cells" / "lstm"
+    cells.mkdir(parents=True)
+    (cells / "b1.parquet").write_bytes(b"")
+    (cells / ".b2.parquet.tmp-abc.parquet").write_bytes(b"")
+    (tmp_path / "host" / "capacity").mkdir()
+    (tmp_path / "host" / "capacity" / "lstm.parquet").write_bytes(b"")
+    assert [p.name for p in discover.bench_files(tmp_path)] == ["b1.parquet"]
+    assert [p.name for p in discover.bench_files(tmp_path, "capacity")] == ["lstm.parquet"]

@@ -1,0 +1,183 @@
+"""reports/summary.html: opened in headless Chromium with the network cut off (no console
+errors, every image decoded, nothing fetched, a screenshot), text from the data escaped,
+two hosts side by side, and every section still sensible when its data is missing."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import report_fixtures as fx
+from alfred_edge.atomic import write_parquet
+from alfred_edge.report import aggregate, discover, html, inputs, plots
+
+SIDE_BY_SIDE_JS = """(() => {
+  const cards = Array.from(document.querySelectorAll('#headline ~ .hosts .host-card'));
+  return cards.map(c => { const r = c.getBoundingClientRect();
+    return {title: c.querySelector('h3').textContent, top: Math.round(r.top), left: Math.round(r.left)}; });
+})()"""
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Chromium's binary; installed with apt (Debian's `chromium` package) when missing."""
+    from report_browser import find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        if os.geteuid() != 0:
+            pytest.fail("chromium is not installed and the tests are not root: run `apt-get install -y chromium`")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode:
+                pytest.fail(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
+        binary = find_chromium()
+        if binary is None:
+            pytest.fail("apt-get installed chromium but no chromium binary is on PATH")
+    return binary
+
+
+def build_report(root: Path, hosts, models_tables: bool = True, storage: bool = True, capacity: bool = True) -> Path:
+    """Benchmark files of `hosts` → results.parquet → summary.html, as the two rules do."""
+    bench = root / "reports" / "bench"
+    for seed, host in enumerate(hosts):
+        fx.write_host(bench, host, seed=seed)
+    for path in [] if capacity else discover.bench_files(bench, "capacity"):
+        path.unlink()
+    evals, trains = fx.write_model_tables(root / "models") if models_tables else ([], [])
+    write_parquet(aggregate.aggregate(discover.bench_files(bench), bench, evals), root / "reports" / "results.parquet")
+    write_parquet(aggregate.aggregate_capacity(discover.bench_files(bench, "capacity"), bench),
+                  root / "reports" / "capacity.parquet")
+    plan = root / "reports" / "storage_plan.md"
+    if storage:
+        plan.write_text(fx.STORAGE_PLAN)
+    report = html.ReportInputs(
+        cells=aggregate.read_results(root / "reports" / "results.parquet"),
+        capacity=aggregate.read_results(root / "reports" / "capacity.parquet"),
+        quantization=inputs.read_eval_tables(evals), training=inputs.read_training(trains),
+        storage_plan_text=inputs.read_storage_plan(plan), storage_budget_gb=16.0,
+        ram_budgets_gb={"jetson-4gb": 4.0, "jetson-8gb": 8.0, "host": "auto"},
+    )
+    page = root / "reports" / "summary.html"
+    html.write_summary(report, page, root / "reports" / "plots")
+    return page
+
+
+@pytest.fixture(scope="module")
+def two_host_page(tmp_path_factory) -> Path:
+    return build_report(tmp_path_factory.mktemp("report"), [fx.LAPTOP, fx.JETSON])
+
+
+@pytest.fixture(scope="module")
+def screenshot(tmp_path_factory) -> Path:
+    """Where the screenshot goes: $REPORT_SCREENSHOT_DIR, else pytest's temporary folder."""
+    folder = Path(os.environ.get("REPORT_SCREENSHOT_DIR") or tmp_path_factory.mktemp("screenshot"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "summary.png"
+
+
+@pytest.fixture(scope="module")
+def opened(chromium, two_host_page, screenshot):
+    from report_browser import Browser
+
+    checks = {
+        "title": "document.title",
+        "scripts": "document.scripts.length",
+        "bold": "document.querySelectorAll('b').length",
+        "text": "document.body.innerText",
+        "cards": SIDE_BY_SIDE_JS,
+        "environment_hosts": "Array.from(document.querySelectorAll('#environment + table tr:first-child th'))"
+                             ".map(th => th.textContent)",
+    }
+    with Browser(chromium) as browser:
+        page = browser.open(two_host_page, screenshot=screenshot, checks=checks)
+    print(f"screenshot: {screenshot}")
+    return page
+
+
+def test_page_renders_offline_without_console_errors(opened, two_host_page, screenshot):
+    assert opened.console_errors == []
+    assert len(opened.images) >= 8  # latency, per sample, throughput, RAM, energy, accuracy, roofline, training
+    undecoded = [image for image in opened.images if not (image["complete"] and image["width"] > 0)]
+    assert undecoded == []
+    # The page itself, then only its embedded images: nothing was fetched from anywhere.
+    assert opened.requests[0] == two_host_page.resolve().as_uri()
+    assert all(url.startswith("data:image/png;base64,") for url in opened.requests[1:])
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 50_000
+
+
+def test_html_from_the_data_is_shown_as_text(opened, two_host_page):
+    assert opened.title == "alfred-edge summary"  # the injected scripts did not run
+    assert opened.values["scripts"] == 0 and opened.values["bold"] == 0
+    text = opened.values["text"]
+    assert fx.JETSON.name in text  # the host name, tags and all, as text
+    assert fx.EVIL_ERROR in text
+    source = two_host_page.read_text()
+    assert "<b>evil" not in source and "<script>" not in source and "<img src=x" not in source
+    assert "orin-&lt;b&gt;evil&lt;/b&gt;&lt;script&gt;" in source
+
+
+def test_two_hosts_side_by_side(opened):
+    cards = opened.values["cards"]
+    titles = [card["title"] for card in cards]
+    assert titles == [f"{fx.LAPTOP.name} · cpu", f"{fx.JETSON.name} · cpu", f"{fx.JETSON.name} · cuda"]
+    assert len({card["top"] for card in cards}) == 1  # one row
+    assert cards[0]["left"] < cards[1]["left"] < cards[2]["left"]
+    assert opened.values["environment_hosts"][1:] == [fx.LAPTOP.name, fx.JETSON.name]
+
+
+def test_figure_panels_put_hosts_side_by_side(two_host_page):
+    cells = aggregate.read_results(two_host_page.parent / "results.parquet")
+    fig = plots.latency_figure(cells)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in panels] == [plots.panel_title(h, d) for h, d in
+                                                  [(fx.LAPTOP.name, "cpu"), (fx.JETSON.name, "cpu"), (fx.JETSON.name, "cuda")]]
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 1
+    assert all(ax.get_yscale() == "log" for ax in panels)
+    plots.close(fig)
+
+
+def test_plot_files_are_written_beside_the_page(two_host_page):
+    plot_dir = two_host_page.parent / "plots"
+    names = {path.name for path in plot_dir.iterdir()}
+    for key in ("latency", "throughput", "ram", "accuracy", "energy"):
+        assert {f"{key}.png", f"{key}.svg"} <= names
+    assert (plot_dir / "latency.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_sections_say_why_their_data_is_missing(tmp_path):
+    """One host, no power, no capacity rows, no eval or training tables, no storage plan."""
+    bare = dataclasses.replace(fx.LAPTOP, models=("lstm",), variants=("fp32",), batches=(1,))
+    page = build_report(tmp_path, [bare], models_tables=False, storage=False, capacity=False)
+    text = page.read_text()
+    assert "rapl: /sys/class/powercap/intel-rapl:0/energy_uj permission denied" in text
+    assert "No host measured power" in text
+    assert "No capacity rows" in text and "No quantization tables" in text
+    assert "jetson-4gb, jetson-8gb, host" in text  # budgets from the config when a host has no capacity rows
+    assert "No training metrics" in text and "No storage plan" in text
+    assert "No leak flagged in 1 checked cells" in text
+
+
+def test_a_page_with_no_successful_cell(tmp_path):
+    bench = tmp_path / "bench"
+    host = dataclasses.replace(fx.LAPTOP, models=("lstm",), variants=("fp32",), batches=(1, 2))
+    fx.write_host(bench, host)
+    cells = aggregate.aggregate(discover.bench_files(bench), bench).to_pandas(types_mapper=aggregate.nullable_type)
+    cells["status"] = "timeout"
+    cells["error"] = "no iteration finished within 600 s"
+    page = html.render(html.ReportInputs(cells=cells))
+    assert "No benchmark cell finished successfully" in page
+    assert "no iteration finished within 600 s" in page
+    assert "<img" not in page
+
+
+def test_an_empty_results_table_renders(tmp_path):
+    empty = aggregate.aggregate([], tmp_path).to_pandas(types_mapper=aggregate.nullable_type)
+    page = html.render(html.ReportInputs(cells=empty))
+    assert "0 benchmark cells" in page and "No benchmark results" in page
+    assert isinstance(empty, pd.DataFrame) and empty.empty
