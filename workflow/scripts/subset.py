@@ -13,4 +13,5 @@ with job_logging(snakemake) as log:
         row["repeat_idx"] = [int(r) for r in row["repeat_idx"]]
     doc = subset_document(rows, snakemake.wildcards.split, int(snakemake.params.n_trajectories), int(snakemake.params.seed))
     atomic.write_text(snakemake.output[0], json.dumps(doc, indent=1))
-    log.info("%s: %d of %d trajectories (%d missing)", doc["split"], doc["count"], doc["available"], len(doc["missing"]))
+    problems = sum(bool(t["problem"]) for t in doc["trajectories"])
+    log.info("%s: %d of %d trajectories (%d with missing files)", doc["split"], doc["count"], doc["available"], problems)

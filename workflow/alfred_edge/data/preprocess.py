@@ -173,11 +173,6 @@ def preprocess_split(split: str, subset_path: Path, vocab_path: Path, root: Path
 
     trajectories, annotations, rejected = [], [], []
     n_frames, raw_bytes, scales = 0, 0, []
-    for missing in subset["missing"]:
-        bad = BadInput(root / split / missing["task"], missing["reason"])
-        if on_bad_input == "fail":
-            raise bad
-        rejected.append({"split": split, "task": missing["task"], "path": str(bad.path), "reason": bad.reason})
     with atomic.atomic_path(out_dir, directory=True) as tmp, open(tmp / store.FRAMES, "wb") as frames_file:
         frames_file.write(store.npy_header(dtype, 0))
         for entry in tqdm(subset["trajectories"], desc=f"preprocess {split}", unit="traj", disable=not progress):

@@ -75,11 +75,11 @@ def select(rows: list[dict], split: str, count: int, seed: int) -> list[dict]:
 
 
 def subset_document(rows: list[dict], split: str, count: int, seed: int) -> dict:
-    """The content of data/subset/<split>.json."""
+    """The content of data/subset/<split>.json. Trajectories whose files the manifest found
+missing stay in (with their `problem`): preprocess rejects them naming the file."""
     chosen = select(rows, split, count, seed)
-    keep = ["task", "task_type", "repeat_idx", "n_frames", "feat_bytes", "json_bytes"]
+    keep = ["task", "task_type", "repeat_idx", "n_frames", "feat_bytes", "json_bytes", "problem"]
     return {
         "split": split, "count": count, "available": sum(r["split"] == split for r in rows), "seed": seed,
-        "trajectories": [{k: r[k] for k in keep} for r in chosen if not r["problem"]],
-        "missing": [{"task": r["task"], "reason": r["problem"]} for r in chosen if r["problem"]],
+        "trajectories": [{k: r[k] for k in keep} for r in chosen],
     }
