@@ -128,3 +128,52 @@ def _warn_if_over_budget():
 
 
 _warn_if_over_budget()
+
+
+# --- report ---
+# The aggregation reads this host's benchmark files (outputs of the bench rules, at the paths
+# results.schema.yaml gives) and every other host's files present under reports/bench/<host>/
+# when the workflow is parsed, so a file copied in changes the aggregate's input set and
+# reruns only aggregate and summary.
+from alfred_edge.bench.environment import host_name as bench_host_name
+from alfred_edge.report import discover as report_discover
+
+REPORT_BENCH_DIR = "reports/bench"
+REPORT_HOST = bench_host_name(config["bench"].get("host"))
+
+
+def get_report_bench_files(table):
+    """Files of one benchmark table ("cells" or "capacity") for the aggregation."""
+    bench = config["bench"]
+    own = expand(
+        report_discover.path_pattern(table),
+        host=REPORT_HOST,
+        model=sorted(config["models"]),
+        variant=config["quantize"]["variants"],
+        device=bench.get("devices", ["cpu"]),
+        features=bench.get("features", ["mmap"]),
+        batch=bench.get("batches", [1]),
+    )
+    others = [
+        str(path)
+        for path in report_discover.bench_files(REPORT_BENCH_DIR, table)
+        if report_discover.host_of(path, REPORT_BENCH_DIR) != REPORT_HOST
+    ]
+    return sorted(set(own)) + others
+
+
+def get_report_eval_files():
+    return expand(
+        "models/{model}/{variant}.eval.parquet",
+        model=sorted(config["models"]),
+        variant=config["quantize"]["variants"],
+    )
+
+
+def get_report_training_files():
+    return expand("models/{model}/train_metrics.parquet", model=sorted(config["models"]))
+
+
+def get_report_ram_budgets():
+    """RAM budgets for hosts whose files carry no capacity rows: {name: GB or "auto"}."""
+    return dict(sorted(config["bench"].get("ram_budgets_gb", {}).items()))
