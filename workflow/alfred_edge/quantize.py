@@ -212,15 +212,15 @@ def make_variant(model: nn.Module, variant: str) -> nn.Module:
 
 def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """`model` with its floating weights and buffers in `dtype`, and a pre-hook on each
-    module that owns floating weights casting its floating tensor inputs to them: callers
-    (the loader, the benchmark) pass float32 frames, as they do to the fp32 model."""
+    module that owns floating weights casting its floating tensor inputs to them, so that
+    callers may pass float32 frames as they do to the fp32 model (alfred_edge.evaluate
+    casts them itself; then the hooks find nothing to do and return at once)."""
     model.to(dtype)
 
-    def cast_inputs(module, args):
-        # Positional tensors and (h, c)-style tuples; kept minimal: it runs on every call.
-        return tuple(
-            tuple(_cast(v, dtype) for v in a) if type(a) is tuple else _cast(a, dtype) for a in args
-        )
+    def cast_inputs(module, args):  # runs on every call: returns None unless a cast is due
+        if any(_needs_cast(a, dtype) for a in args):
+            return tuple(_cast(a, dtype) for a in args)
+        return None
 
     for module in model.modules():
         if any(p.is_floating_point() for p in module.parameters(recurse=False)):
@@ -228,10 +228,17 @@ def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
+def _needs_cast(value, dtype: torch.dtype) -> bool:
+    """A floating tensor in another dtype, or an (h, c)-style tuple holding one."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype is not dtype and value.is_floating_point()
+    return type(value) is tuple and any(_needs_cast(v, dtype) for v in value)
+
+
 def _cast(value, dtype: torch.dtype):
-    if isinstance(value, torch.Tensor) and value.dtype != dtype and value.is_floating_point():
-        return value.to(dtype)
-    return value
+    if type(value) is tuple:
+        return tuple(_cast(v, dtype) for v in value)
+    return value.to(dtype) if _needs_cast(value, dtype) else value
 
 
 # --- files -------------------------------------------------------------------------------
@@ -346,3 +353,102 @@ def build_float(source: dict, device: str | torch.device) -> nn.Module:
 def model_header(record: dict) -> dict:
     """An fp32 model file's dict without its weights: what rebuilding the model needs."""
     return {k: v for k, v in record.items() if k != "state_dict"}
+
+
+# --- the quantize job --------------------------------------------------------------------
+
+EVAL_METRICS = ("action_acc", "action_f1", "action_em", "mask_iou", "loss", "n_annotations")
+
+
+def eval_device(variant: str) -> str:
+    """Where a variant is evaluated: int8 on the CPU (its only device), the float variants
+    on the GPU when there is one."""
+    return "cuda" if variant != "int8_dynamic" and torch.cuda.is_available() else "cpu"
+
+
+def quantize_job(fp32_path, variant: str, store_dir, splits, variant_path, table_path,
+                 batch_size: int = 8) -> dict:
+    """Build `variant` of the model in `fp32_path`, write it to `variant_path` (fp32: none,
+    the trained file is the variant), evaluate the file's model on `splits` of the store
+    and write the one-row table `table_path` (columns: see eval_row). A variant that cannot
+    be built or evaluated here gets a row with status "unavailable" or "failed" and the
+    reason, and its file records the reason; the job itself succeeds. Returns the row."""
+    fp32_path = Path(fp32_path)
+    record = read_variant_file(fp32_path)
+    row = {"model": record["model"], "variant": variant, "status": "ok", "reason": "",
+           "fp32_file_size_bytes": fp32_path.stat().st_size, "torch_version": str(torch.__version__)}
+    if variant == "fp32":
+        variant_path = fp32_path
+    else:
+        row.update(_build(fp32_path, record, variant, Path(variant_path)))
+    if row["status"] == "ok":
+        row.update(_evaluate(variant, Path(variant_path), store_dir, splits, batch_size))
+    table = eval_table(row, splits)
+    from alfred_edge.atomic import write_parquet
+
+    write_parquet(table, table_path)
+    return table.iloc[0].to_dict()
+
+
+def _build(fp32_path: Path, record: dict, variant: str, variant_path: Path) -> dict:
+    """Make and save the variant; on failure save its reason instead. -> row columns."""
+    from alfred_edge.models import load_model
+
+    header = model_header(record)
+    try:
+        model = make_variant(load_model(fp32_path, "cpu"), variant)
+        save_variant(model, variant, header, variant_path)
+    except VariantUnavailable as exc:
+        log.warning("%s", exc)
+        save_unavailable(variant, exc.reason, header, variant_path)
+        return {"status": "unavailable", "reason": exc.reason}
+    except Exception as exc:  # a variant that breaks must not stop the other variants
+        log.exception("building %s failed", variant)
+        reason = f"building failed: {type(exc).__name__}: {exc}"
+        save_unavailable(variant, reason, header, variant_path)
+        return {"status": "failed", "reason": reason}
+    engine = torch.backends.quantized.engine if variant == "int8_dynamic" else ""
+    return {"engine": engine, "file_size_bytes": variant_path.stat().st_size}
+
+
+def _evaluate(variant: str, path: Path, store_dir, splits, batch_size: int) -> dict:
+    """Load the variant file as the benchmark will, and evaluate it. -> row columns."""
+    from alfred_edge.evaluate import evaluate
+
+    device = eval_device(variant)
+    columns = {"eval_device": device, "file_size_bytes": path.stat().st_size}
+    try:
+        model = load_variant(path, device)
+        with quiet_quantization_warnings():
+            metrics = evaluate(model, store_dir, device, splits=tuple(splits), batch_size=batch_size)
+    except VariantUnavailable as exc:
+        log.warning("%s", exc)
+        return {**columns, "status": "unavailable", "reason": exc.reason}
+    except Exception as exc:
+        if variant == "fp32":  # the baseline must work; its failure is a bug to see
+            raise
+        log.exception("evaluating %s failed", variant)
+        return {**columns, "status": "failed", "reason": f"evaluation failed: {type(exc).__name__}: {exc}"}
+    for split in splits:
+        for metric in EVAL_METRICS:
+            columns[f"{metric}_{split}"] = metrics[f"{split}/{metric}"]
+    return columns
+
+
+def eval_table(row: dict, splits) -> "pd.DataFrame":
+    """The one-row table of models/<model>/<variant>.eval.parquet:
+    model, variant, status (ok | unavailable | failed), reason, file_size_bytes,
+    file_size_mb (1e6 bytes), fp32_file_size_bytes, size_ratio (file / fp32 file), engine
+    (int8), eval_device, torch_version, and per split: accuracy_<split> (teacher-forced
+    action accuracy, 0..1), action_f1_<split>, action_em_<split>, mask_iou_<split>,
+    loss_<split>, n_annotations_<split>; NaN where the variant was not evaluated."""
+    import pandas as pd
+
+    row = {"engine": "", "eval_device": "", "file_size_bytes": float("nan"), **row}
+    row["file_size_mb"] = row["file_size_bytes"] / 1e6
+    row["size_ratio"] = row["file_size_bytes"] / row["fp32_file_size_bytes"]
+    for split in splits:
+        for metric in EVAL_METRICS:
+            row.setdefault(f"{metric}_{split}", float("nan"))
+        row[f"accuracy_{split}"] = row.pop(f"action_acc_{split}")
+    return pd.DataFrame([row])

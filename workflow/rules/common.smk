@@ -177,3 +177,46 @@ def get_report_training_files():
 def get_report_ram_budgets():
     """RAM budgets for hosts whose files carry no capacity rows: {name: GB or "auto"}."""
     return dict(sorted(config["bench"].get("ram_budgets_gb", {}).items()))
+
+
+# --- quantize ---
+# One quantize job per (model, variant) (fp32: evaluate_fp32). Its settings are keyed by
+# those wildcards, so adding a variant runs only its jobs; disk_mb comes from parse-time
+# parameter counts (pure Python) and the data plan's size fraction per variant.
+from alfred_edge.models.sizes import fp32_file_bytes
+
+QUANTIZE = config["quantize"]
+QUANTIZE_BUILT_VARIANTS = [v for v in QUANTIZE["variants"] if v != "fp32"]
+QUANTIZE_EVAL_SPLITS = [s for s in ("valid_seen", "valid_unseen") if s in DATA_SPLITS]
+QUANTIZE_STORE_DIR = "data/store"
+QUANTIZE_CODE = get_code_digest(
+    "scripts/quantize.py",
+    "alfred_edge/quantize.py",
+    "alfred_edge/evaluate.py",
+    "alfred_edge/models",
+    "alfred_edge/data/loader.py",
+    "alfred_edge/data/store.py",
+    "alfred_edge/atomic.py",
+)
+
+
+def get_quantize_inputs(wildcards):
+    return {
+        "model": f"models/{wildcards.model}/fp32.pt",
+        "vocab": f"{QUANTIZE_STORE_DIR}/vocab.json",
+        "stores": [f"{QUANTIZE_STORE_DIR}/{split}" for split in QUANTIZE_EVAL_SPLITS],
+    }
+
+
+def get_quantize_settings(wildcards):
+    return {
+        "eval_batch": QUANTIZE["eval_batch"],
+        "splits": QUANTIZE_EVAL_SPLITS,
+        "variant": wildcards.get("variant", "fp32"),
+    }
+
+
+def get_quantize_disk_mb(wildcards):
+    vocab = data_plan.ESTIMATED_VOCAB["synthetic" if IS_SYNTHETIC else "alfred"]
+    fp32 = fp32_file_bytes(wildcards.model, config["models"][wildcards.model], vocab)
+    return disk_mb(fp32 * data_plan.VARIANT_FRACTION[wildcards.variant])
