@@ -127,13 +127,13 @@ def test_capacity_search_stops_at_the_limit_and_reports_the_largest_batch(tmp_pa
         write_row(fake_spec(batch_size=b), tmp_path / f"b{b}.parquet", status="ok", peak_rss_mb=300.0 + b)
         cells.append(str(tmp_path / f"b{b}.parquet"))
     spec = fake_spec(capacity={"budgets_gb": {"tiny": 0.05, "big": 100.0}, "measure": "tiny",
-                               "max_batch": 8, "factor": 2.0, "steps": 2})
+                               "max_batch": 8, "factor": 2.0, "steps": 2, "max_seconds": 60})
     rows = capacity.run_capacity(spec, cells, tmp_path / "capacity.parquet")
     by_budget = {r["budget_name"]: r for r in pq.read_table(tmp_path / "capacity.parquet").to_pylist()}
     assert set(by_budget) == {"tiny", "big"} and len(rows) == 2
     tiny = by_budget["tiny"]   # 50 MB: below a torch process's baseline, so nothing fits
     assert tiny["status"] == "ok" and tiny["measured"] and tiny["measured_max_batch"] == 0
-    assert tiny["measured_first_failing_batch"] == 1
+    assert tiny["measured_first_failing_batch"] == 1 and tiny["measured_stop_reason"] == "ram_limit"
     assert by_budget["big"]["measured"] is False and by_budget["big"]["measured_max_batch"] is None
     assert by_budget["big"]["fit_points"] == 2
     assert by_budget["big"]["fit_slope_mb_per_sample"] == pytest.approx(1.0)

@@ -1,1 +1,60 @@
-# bench stage.
+# bench stage: one job per benchmark cell (model, variant, device, features, batch), one per
+# device for the roofline, one per (model, variant, device) for the RAM capacity. Each job
+# measures in its own child process and always writes its row (failures are rows). They take
+# the `exclusive` resource (1 in the default profile), so they never overlap each other or
+# training, whatever --cores says. Cells and settings come from common.smk "# --- bench ---".
+
+
+wildcard_constraints:
+    device="cpu|cuda",
+    features="mmap|ram",
+    batch=r"\d+",
+
+
+rule bench_roofline:
+    output:
+        BENCH_ROOFLINE,
+    params:
+        spec=get_bench_roofline_spec,
+        code=get_code_digest("scripts/roofline.py", *BENCH_CODE),
+    log:
+        "logs/bench_roofline/{device}.log",
+    resources:
+        exclusive=1,
+        disk_mb=1,
+    script:
+        "../scripts/roofline.py"
+
+
+rule bench:
+    input:
+        unpack(get_bench_cell_inputs),
+    output:
+        BENCH_CELL,
+    params:
+        spec=get_bench_cell_spec,
+        code=get_code_digest("scripts/bench.py", *BENCH_CODE, *BENCH_WORKLOAD_CODE),
+    log:
+        "logs/bench/{model}/{variant}/{device}/{features}/b{batch}.log",
+    resources:
+        exclusive=1,
+        disk_mb=1,
+    script:
+        "../scripts/bench.py"
+
+
+rule bench_capacity:
+    input:
+        unpack(get_bench_capacity_inputs),
+    output:
+        BENCH_CAPACITY,
+    params:
+        spec=get_bench_capacity_spec,
+        code=get_code_digest("scripts/capacity.py", *BENCH_CODE, *BENCH_WORKLOAD_CODE),
+    log:
+        "logs/bench_capacity/{model}/{variant}/{device}.log",
+    resources:
+        exclusive=1,
+        disk_mb=1,
+    script:
+        "../scripts/capacity.py"

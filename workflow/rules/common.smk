@@ -220,3 +220,160 @@ def get_quantize_disk_mb(wildcards):
     vocab = data_plan.ESTIMATED_VOCAB["synthetic" if IS_SYNTHETIC else "alfred"]
     fp32 = fp32_file_bytes(wildcards.model, config["models"][wildcards.model], vocab)
     return disk_mb(fp32 * data_plan.VARIANT_FRACTION[wildcards.variant])
+
+
+# --- bench ---
+# The benchmark cells from config (cheap: no torch, no pyarrow, no file reads). Every
+# (model, variant, device, batch) of the sweep, plus fp32 at the smallest batch with the
+# frames read into RAM (compare_features_in_ram). The host is fixed per run, so this host's
+# outputs never claim another host's files under reports/bench/.
+from alfred_edge.bench.environment import host_name as _bench_host_name
+
+BENCH = config["bench"]
+BENCH_HOST = _bench_host_name(BENCH["host"])
+BENCH_DIR = f"reports/bench/{BENCH_HOST}"
+BENCH_MODELS = sorted(config["models"])
+BENCH_VARIANTS = list(config["quantize"]["variants"])
+BENCH_BATCHES = sorted(BENCH["batches"])
+BENCH_CELL = BENCH_DIR + "/cells/{model}/{variant}/{device}/{features}/b{batch}.parquet"
+BENCH_ROOFLINE = BENCH_DIR + "/roofline/{device}.parquet"
+BENCH_CAPACITY = BENCH_DIR + "/capacity/{model}/{variant}/{device}.parquet"
+BENCH_CODE = (
+    "alfred_edge/bench",
+    "schemas/results.schema.yaml",
+    "alfred_edge/atomic.py",
+)
+BENCH_WORKLOAD_CODE = (
+    "alfred_edge/quantize.py",
+    "alfred_edge/models",
+    "alfred_edge/data/loader.py",
+    "alfred_edge/data/store.py",
+)
+if BENCH["split"] not in DATA_SPLITS:
+    raise WorkflowError(
+        f"config: bench.split {BENCH['split']!r} is not in data.splits {DATA_SPLITS}"
+    )
+if (
+    BENCH["capacity"]["measure"] is not None
+    and BENCH["capacity"]["measure"] not in BENCH["ram_budgets_gb"]
+):
+    raise WorkflowError(
+        f"config: bench.capacity.measure {BENCH['capacity']['measure']!r} is not a name in "
+        f"bench.ram_budgets_gb ({', '.join(BENCH['ram_budgets_gb'])})"
+    )
+
+
+def _canonical(value):
+    """Dicts with sorted keys, all the way down: params compare equal when settings do."""
+    if isinstance(value, dict):
+        return {key: _canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def get_bench_cells():
+    """Every cell as a dict of its wildcards."""
+    cells = [
+        dict(model=m, variant=v, device=d, features="mmap", batch=b)
+        for m in BENCH_MODELS
+        for v in BENCH_VARIANTS
+        for d in BENCH["devices"]
+        for b in BENCH_BATCHES
+    ]
+    if BENCH["compare_features_in_ram"] and "fp32" in BENCH_VARIANTS:
+        cells += [
+            dict(model=m, variant="fp32", device=d, features="ram", batch=BENCH_BATCHES[0])
+            for m in BENCH_MODELS
+            for d in BENCH["devices"]
+        ]
+    return cells
+
+
+def get_bench_outputs(table):
+    """This host's files of one benchmark table ("cells", "roofline" or "capacity")."""
+    if table == "cells":
+        return [BENCH_CELL.format(**cell) for cell in get_bench_cells()]
+    if table == "roofline":
+        return [BENCH_ROOFLINE.format(device=d) for d in BENCH["devices"]]
+    if table == "capacity":
+        return [
+            BENCH_CAPACITY.format(model=m, variant=v, device=d)
+            for m in BENCH_MODELS
+            for v in BENCH_VARIANTS
+            for d in BENCH["devices"]
+        ]
+    raise ValueError(f"unknown benchmark table {table!r}")
+
+
+def _smaller_batch_cell(wildcards):
+    """The cell at the next smaller batch of the sweep (its row decides a skip after OOM)."""
+    batch = int(wildcards.batch)
+    smaller = [b for b in BENCH_BATCHES if b < batch]
+    if wildcards.features != "mmap" or not smaller:
+        return []
+    return [BENCH_CELL.format(**dict(wildcards, batch=smaller[-1]))]
+
+
+def get_bench_cell_inputs(wildcards):
+    return {
+        "model": f"models/{wildcards.model}/{wildcards.variant}.pt",
+        "fp32": f"models/{wildcards.model}/fp32.pt",
+        "store": f"data/store/{BENCH['split']}",
+        "roofline": BENCH_ROOFLINE.format(device=wildcards.device),
+        "smaller_batch": _smaller_batch_cell(wildcards),
+    }
+
+
+def _bench_job_settings(device):
+    return {"host": BENCH_HOST, "device": device, "threads": BENCH["threads"], "timeout_s": BENCH["timeout_s"]}
+
+
+def get_bench_cell_spec(wildcards):
+    """Everything a cell's measurement depends on (paths are added by the script)."""
+    ram_limit = BENCH["ram_limit_gb"]
+    return _canonical({
+        **_bench_job_settings(wildcards.device),
+        "model": wildcards.model,
+        "variant": wildcards.variant,
+        "features": wildcards.features,
+        "batch_size": int(wildcards.batch),
+        "max_steps": BENCH["max_steps"],
+        "loop": {key: BENCH[key] for key in ("min_iterations", "min_duration_s", "max_duration_s", "warmup_iterations")},
+        "power": BENCH["power"],
+        "ram_limit_mb": None if ram_limit is None else ram_limit * 1000.0,
+    })
+
+
+def get_bench_roofline_spec(wildcards):
+    return _canonical({**_bench_job_settings(wildcards.device), "roofline": BENCH["roofline"]})
+
+
+def get_bench_capacity_inputs(wildcards):
+    inputs = {
+        "cells": [BENCH_CELL.format(**dict(wildcards, features="mmap", batch=b)) for b in BENCH_BATCHES],
+    }
+    if _capacity_measured(wildcards):
+        inputs.update(model=f"models/{wildcards.model}/{wildcards.variant}.pt", store=f"data/store/{BENCH['split']}")
+    return inputs
+
+
+def _capacity_measured(wildcards):
+    cap = BENCH["capacity"]
+    return cap["measure"] is not None and wildcards.variant in cap["variants"]
+
+
+def get_bench_capacity_spec(wildcards):
+    cap = BENCH["capacity"]
+    capacity = {key: cap[key] for key in ("max_batch", "factor", "steps", "max_seconds")}
+    return _canonical({
+        **_bench_job_settings(wildcards.device),
+        "model": wildcards.model,
+        "variant": wildcards.variant,
+        "features": "mmap",
+        "capacity": {
+            **capacity,
+            "budgets_gb": BENCH["ram_budgets_gb"],
+            "measure": cap["measure"] if _capacity_measured(wildcards) else None,
+        },
+    })

@@ -21,15 +21,15 @@ from alfred_edge.bench import environment, schema
 
 DEFAULTS = {
     "threads": 2,
-    "max_steps": 16,
+    "max_steps": 8,
     "features": "mmap",
     "store_split": "valid_seen",
     "timeout_s": 600.0,
-    "loop": {"min_iterations": 5, "min_duration_s": 0.5, "max_duration_s": 60.0, "warmup_iterations": 1},
+    "loop": {"min_iterations": 5, "min_duration_s": 0.5, "max_duration_s": 3.0, "warmup_iterations": 1},
     "power": {"interval_s": 0.1, "idle_s": 1.0},
     "roofline": {"matmul_size": 512, "copy_mb": 64.0, "seconds": 0.5},
     "capacity": {"budgets_gb": {"jetson-4gb": 4.0, "jetson-8gb": 8.0, "host": "auto"},
-                 "max_batch": 512, "factor": 2.0, "steps": 2},
+                 "max_batch": 512, "factor": 2.0, "steps": 2, "max_seconds": 15.0},
 }
 
 
@@ -79,6 +79,7 @@ def parse_args(argv):
             p.add_argument("--max-batch", type=int, default=cap["max_batch"])
             p.add_argument("--factor", type=float, default=cap["factor"])
             p.add_argument("--steps", type=int, default=cap["steps"])
+            p.add_argument("--max-seconds", type=float, default=cap["max_seconds"], help="time box of the search")
             p.add_argument("--cells", nargs="*", help="cell Parquet files to fit (default: this host's for the model/variant/device)")
     return parser.parse_args(argv)
 
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
         from alfred_edge.bench import capacity
 
         cap = {"budgets_gb": json.loads(args.budgets_gb), "measure": args.measure, "max_batch": args.max_batch,
-               "factor": args.factor, "steps": args.steps}
+               "factor": args.factor, "steps": args.steps, "max_seconds": args.max_seconds}
         spec = {**base, **model_spec(args, host), "capacity": cap}
         cells = args.cells if args.cells is not None else sorted(glob.glob(str(
             out_root / "cells" / args.model / args.variant / args.device / args.features / "b*.parquet")))

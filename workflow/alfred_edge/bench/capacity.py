@@ -68,37 +68,47 @@ def measured_columns(child: runner.ChildExit, batches: list[int], limit_mb: floa
 
 
 def run_capacity(spec: dict, cell_files: list[str], out_path: str | os.PathLike) -> list[dict]:
-    """One row per budget. spec: the cell spec keys plus
-    capacity = {budgets_gb: {name: GB | "auto"}, measure: name | null, max_batch, factor, steps}."""
+    """One row per budget. spec: the cell spec keys plus capacity = {budgets_gb: {name: GB |
+    "auto"}, measure: name | null, max_batch, factor, steps, max_seconds}. The measured
+    budget's row carries the search's status; the others are ok when the fit exists."""
     cap = spec["capacity"]
     rows = [r for f in cell_files for r in pq.read_table(f).to_pylist()]
     fit = fit_peak_ram(rows)
     budgets = budgets_mb(cap["budgets_gb"])
-    measured = {}
-    status, error, exit_info = "ok", None, {}
-    if cap.get("measure"):
-        limit = budgets[cap["measure"]]
-        reason = runner.cuda_absent_reason(spec["device"])
-        batches = search_batches(cap["max_batch"], cap["factor"])
-        if reason:
-            status, error = "skipped", reason
-        else:
-            child = runner.run_child("capacity", dict(spec, capacity=dict(cap, batches=batches)), spec["timeout_s"], limit)
-            exit_info = runner.exit_columns(child, spec["timeout_s"], limit)
-            measured = measured_columns(child, batches, limit)
-            # Passing the limit is the expected end of the search, not a failure of the job.
-            status = "ok" if child.ended_by == "ram_limit" or exit_info["status"] == "ok" else exit_info["status"]
-            error = None if status == "ok" else exit_info.get("error")
-            exit_info["wall_time_s"] = child.wall_s
-    base = runner.base_columns(spec)
-    env = {k: v for k, v in exit_info.items() if k not in ("status", "error")}
-    keys = {k: spec[k] for k in ("model", "variant", "features")}
+    if cap.get("measure") and cap["measure"] not in budgets:
+        raise ValueError(f"capacity.measure {cap['measure']!r} is not a budget in ram_budgets_gb ({', '.join(budgets)})")
+    base = {**runner.base_columns(spec), **{k: spec[k] for k in ("model", "variant", "features")}, **fit}
     table_rows = []
     for name, budget in budgets.items():
-        row = {**base, **env, **keys, **fit, "budget_name": name, "budget_mb": budget,
-               "predicted_max_batch": predict_max_batch(fit, budget), "measured": name == cap.get("measure"),
-               "status": status, "error": error}
-        if name == cap.get("measure"):
-            row.update(measured)
+        row = {**base, "budget_name": name, "budget_mb": budget, "measured": name == cap.get("measure"),
+               "predicted_max_batch": predict_max_batch(fit, budget)}
+        if fit["fit_slope_mb_per_sample"] is None:
+            row.update(status="skipped", error=f"no fit: {fit['fit_points']} ok cell(s) at "
+                                               f"{len(set(fit['fit_batches']))} batch size(s); the fit needs two")
+        else:
+            row.update(status="ok", error=None)
+        if row["measured"]:
+            row.update(measure(spec, budget))
         table_rows.append(row)
     return runner.finish_rows("capacity", table_rows, out_path)
+
+
+def measure(spec: dict, limit_mb: float) -> dict:
+    """The measured columns (and status) of the capacity search under `limit_mb`."""
+    cap = spec["capacity"]
+    reason = runner.cuda_absent_reason(spec["device"])
+    if reason:
+        return {"status": "skipped", "error": reason}
+    batches = search_batches(cap["max_batch"], cap["factor"])
+    child = runner.run_child("capacity", dict(spec, capacity=dict(cap, batches=batches)), spec["timeout_s"], limit_mb)
+    exit_cols = runner.exit_columns(child, spec["timeout_s"], limit_mb)
+    cols = {**{k: v for k, v in exit_cols.items() if k not in ("status", "error", "measured_stop_reason")},
+            **measured_columns(child, batches, limit_mb), "wall_time_s": child.wall_s}
+    # Passing the limit is how the search is meant to end, not a failure of the job.
+    if child.ended_by == "ram_limit" or (child.progress and child.progress[-1]["peak_rss_mb"] > limit_mb):
+        cols.update(status="ok", error=None, measured_stop_reason="ram_limit")
+    elif exit_cols["status"] == "ok":
+        cols.update(status="ok", error=None, measured_stop_reason=exit_cols.get("measured_stop_reason"))
+    else:
+        cols.update(status=exit_cols["status"], error=exit_cols.get("error"), measured_stop_reason="failed")
+    return cols

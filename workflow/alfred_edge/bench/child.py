@@ -197,7 +197,9 @@ def measure_roofline(spec: dict, torch) -> dict:
 def measure_capacity(spec: dict, torch) -> dict:
     """Raise the batch (spec batches, in order) in this one process: for each, build the
     batch, encode and run `steps` decoder steps, and append {"batch", "peak_rss_mb"} to the
-    progress file. The parent ends this process when its RSS passes the limit."""
+    progress file. The parent ends this process when its RSS passes the limit; the search
+    also stops before a batch that would end after capacity.max_seconds (its time is guessed
+    as the last batch's times the growth factor)."""
     from alfred_edge.bench.workloads import check_device
 
     check_device(spec["device"])
@@ -205,7 +207,9 @@ def measure_capacity(spec: dict, torch) -> dict:
     first = make_workload(spec, cap["batches"][0], cap["steps"])
     first.load()
     progress = Path(spec["progress_path"])
+    start = time.perf_counter()
     for batch_size in cap["batches"]:
+        batch_start = time.perf_counter()
         workload = make_workload(spec, batch_size, cap["steps"])
         workload.model = first.model
         memory.reset_hwm()
@@ -216,7 +220,10 @@ def measure_capacity(spec: dict, torch) -> dict:
             stream.write(json.dumps({"batch": batch_size, "peak_rss_mb": peak}) + "\n")
         del workload
         gc.collect()
-    return {}
+        now = time.perf_counter()
+        if now - start + (now - batch_start) * cap["factor"] > cap["max_seconds"] and batch_size != cap["batches"][-1]:
+            return {"measured_stop_reason": "time_box"}
+    return {"measured_stop_reason": "max_batch"}
 
 
 if __name__ == "__main__":
