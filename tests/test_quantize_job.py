@@ -1,0 +1,123 @@
+"""The quantize job on a tiny synthetic store: each variant's file and its one-row table
+(the columns the report reads), and a row that says why when a variant cannot be built
+or evaluated, while the job itself succeeds."""
+import math
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+
+from alfred_edge import quantize as Q
+from alfred_edge.data.vocab import load_vocab
+from alfred_edge.models import build_model, save_model
+from conftest import build_store
+
+warnings.filterwarnings("ignore", message=r".*(deprecated|TypedStorage).*")
+
+SPLITS = ["valid_seen", "valid_unseen"]
+TINY_LSTM = {"demb": 8, "dhid": 16, "dframe": 32, "pframe": 20}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is fastest, and on a busy 2-core machine far more stable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def store(synthetic_tree, tmp_path_factory):
+    out = tmp_path_factory.mktemp("quantize_store")
+    tree, splits_file, _ = synthetic_tree
+    build_store(tree, splits_file, out)
+    return out
+
+
+@pytest.fixture
+def fp32_path(store, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("lstm", TINY_LSTM, load_vocab(store / "vocab.json"))
+    path = tmp_path / "lstm" / "fp32.pt"
+    save_model(model, path)
+    return path
+
+
+def run_job(fp32_path, variant, store):
+    folder = fp32_path.parent
+    variant_path = None if variant == "fp32" else folder / f"{variant}.pt"
+    table = folder / f"{variant}.eval.parquet"
+    Q.quantize_job(fp32_path, variant, store, SPLITS, variant_path, table, batch_size=4)
+    return pd.read_parquet(table), variant_path
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8_dynamic", "bf16"])
+def test_job_writes_variant_and_table(fp32_path, store, variant):
+    table, variant_path = run_job(fp32_path, variant, store)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["model"], row["variant"], row["status"], row["reason"]) == ("lstm", variant, "ok", "")
+    file = fp32_path if variant == "fp32" else variant_path
+    assert row["file_size_bytes"] == file.stat().st_size
+    assert row["file_size_mb"] == pytest.approx(file.stat().st_size / 1e6)
+    assert row["size_ratio"] == pytest.approx(file.stat().st_size / fp32_path.stat().st_size)
+    assert row["engine"] == (torch.backends.quantized.engine if variant == "int8_dynamic" else "")
+    for split in SPLITS:
+        assert 0.0 <= row[f"accuracy_{split}"] <= 1.0
+        assert 0.0 <= row[f"action_f1_{split}"] <= 1.0
+        assert 0.0 <= row[f"mask_iou_{split}"] <= 1.0
+        assert row[f"n_annotations_{split}"] > 0
+    if variant == "fp32":
+        assert sorted(p.name for p in fp32_path.parent.iterdir()) == ["fp32.eval.parquet", "fp32.pt"]
+    else:
+        assert isinstance(Q.load_variant(variant_path, "cpu"), torch.nn.Module)
+
+
+def test_int8_table_matches_fp32_accuracy_closely(fp32_path, store):
+    fp32 = run_job(fp32_path, "fp32", store)[0].iloc[0]
+    int8 = run_job(fp32_path, "int8_dynamic", store)[0].iloc[0]
+    assert int8["size_ratio"] < 1.0
+    assert abs(int8["accuracy_valid_seen"] - fp32["accuracy_valid_seen"]) < 0.05
+
+
+def test_variant_that_cannot_be_built_gets_a_row_and_a_file_with_the_reason(fp32_path, store, monkeypatch):
+    def unavailable(variant, device):
+        raise Q.VariantUnavailable(variant, "float16 kernels missing on cpu")
+
+    monkeypatch.setattr(Q, "probe_low_precision", unavailable)
+    table, variant_path = run_job(fp32_path, "fp16", store)
+    row = table.iloc[0]
+    assert (row["status"], row["reason"]) == ("unavailable", "float16 kernels missing on cpu")
+    assert math.isnan(row["accuracy_valid_seen"]) and math.isnan(row["file_size_bytes"])
+    with pytest.raises(Q.VariantUnavailable, match="float16 kernels missing on cpu"):
+        Q.load_variant(variant_path, "cpu")  # the benchmark records a skipped cell
+
+
+def test_variant_whose_evaluation_fails_gets_a_failed_row(fp32_path, store, monkeypatch):
+    import alfred_edge.evaluate
+
+    def broken(model, *args, **kwargs):
+        if next(model.parameters()).dtype == torch.bfloat16:
+            raise RuntimeError("'addmm' not implemented for 'BFloat16'")
+        return real(model, *args, **kwargs)
+
+    real = alfred_edge.evaluate.evaluate
+    monkeypatch.setattr(alfred_edge.evaluate, "evaluate", broken)
+    row = run_job(fp32_path, "bf16", store)[0].iloc[0]
+    assert row["status"] == "failed"
+    assert row["reason"] == "evaluation failed: RuntimeError: 'addmm' not implemented for 'BFloat16'"
+    assert row["file_size_bytes"] > 0 and math.isnan(row["accuracy_valid_seen"])
+
+
+def test_fp32_evaluation_failure_is_not_hidden(fp32_path, store, monkeypatch):
+    import alfred_edge.evaluate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(alfred_edge.evaluate, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_job(fp32_path, "fp32", store)
+    assert not (fp32_path.parent / "fp32.eval.parquet").exists()
