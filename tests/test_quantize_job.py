@@ -36,13 +36,16 @@ def store(synthetic_tree, tmp_path_factory):
     return out
 
 
+def write_fp32(folder, vocab_path):
+    torch.manual_seed(0)
+    model = build_model("lstm", TINY_LSTM, load_vocab(vocab_path))
+    save_model(model, folder / "lstm" / "fp32.pt")
+    return folder / "lstm" / "fp32.pt"
+
+
 @pytest.fixture
 def fp32_path(store, tmp_path):
-    torch.manual_seed(0)
-    model = build_model("lstm", TINY_LSTM, load_vocab(store / "vocab.json"))
-    path = tmp_path / "lstm" / "fp32.pt"
-    save_model(model, path)
-    return path
+    return write_fp32(tmp_path, store / "vocab.json")
 
 
 def run_job(fp32_path, variant, store):
@@ -53,9 +56,20 @@ def run_job(fp32_path, variant, store):
     return pd.read_parquet(table), variant_path
 
 
+@pytest.fixture(scope="module")
+def jobs(store, tmp_path_factory):
+    """fp32, int8_dynamic and bf16 jobs of one model: {variant: (table, variant file)}."""
+    fp32_path = write_fp32(tmp_path_factory.mktemp("jobs"), store / "vocab.json")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield fp32_path, {variant: run_job(fp32_path, variant, store) for variant in ("fp32", "int8_dynamic", "bf16")}
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int8_dynamic", "bf16"])
-def test_job_writes_variant_and_table(fp32_path, store, variant):
-    table, variant_path = run_job(fp32_path, variant, store)
+def test_job_writes_variant_and_table(jobs, variant):
+    fp32_path, results = jobs
+    table, variant_path = results[variant]
     assert len(table) == 1
     row = table.iloc[0]
     assert (row["model"], row["variant"], row["status"], row["reason"]) == ("lstm", variant, "ok", "")
@@ -69,15 +83,18 @@ def test_job_writes_variant_and_table(fp32_path, store, variant):
         assert 0.0 <= row[f"action_f1_{split}"] <= 1.0
         assert 0.0 <= row[f"mask_iou_{split}"] <= 1.0
         assert row[f"n_annotations_{split}"] > 0
-    if variant == "fp32":
-        assert sorted(p.name for p in fp32_path.parent.iterdir()) == ["fp32.eval.parquet", "fp32.pt"]
-    else:
+    if variant != "fp32":
         assert isinstance(Q.load_variant(variant_path, "cpu"), torch.nn.Module)
 
 
-def test_int8_table_matches_fp32_accuracy_closely(fp32_path, store):
-    fp32 = run_job(fp32_path, "fp32", store)[0].iloc[0]
-    int8 = run_job(fp32_path, "int8_dynamic", store)[0].iloc[0]
+def test_fp32_job_writes_no_second_model_file(jobs):
+    fp32_path, _ = jobs
+    assert sorted(p.name for p in fp32_path.parent.glob("fp32*")) == ["fp32.eval.parquet", "fp32.pt"]
+
+
+def test_int8_accuracy_close_to_fp32(jobs):
+    results = jobs[1]
+    fp32, int8 = (results[v][0].iloc[0] for v in ("fp32", "int8_dynamic"))
     assert int8["size_ratio"] < 1.0
     assert abs(int8["accuracy_valid_seen"] - fp32["accuracy_valid_seen"]) < 0.05
 

@@ -137,7 +137,7 @@ def check_available(variant: str, device: str | torch.device) -> None:
 
 
 def probe_low_precision(variant: str, device: torch.device) -> None:
-    """Run the ops the models use (matmul, conv, LSTM cell, bilinear resize) in the
+    """Run the kinds of op the models use (convolution, LSTM cell, bilinear resize) in the
     variant's dtype on `device`; some builds lack half kernels on the CPU."""
     dtype = LOW_PRECISION[variant]
     try:
@@ -180,11 +180,14 @@ def uses_mha_fast_path(model: nn.Module) -> bool:
 
 
 def quantize_int8_dynamic(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """A dynamic-int8 version of a float CPU model (a copy unless `inplace`), packed for
-    the engine set for this CPU."""
+    """A dynamic-int8 version of a float model (a copy unless `inplace`) on the CPU,
+    packed for the engine set for this CPU."""
     quantize_dynamic = quantize_dynamic_function()
     set_engine()
     from torch.ao.quantization import default_dynamic_qconfig
+
+    if not inplace:
+        model = copy.deepcopy(model)
 
     if uses_mha_fast_path(model):
         # The fast path reads linear1.weight as a tensor; a quantized Linear has a method
@@ -192,7 +195,7 @@ def quantize_int8_dynamic(model: nn.Module, inplace: bool = False) -> nn.Module:
         torch.backends.mha.set_fastpath_enabled(False)
     spec = {name: default_dynamic_qconfig for name in int8_targets(model)}
     with quiet_quantization_warnings():
-        return quantize_dynamic(model.to("cpu").eval(), spec, dtype=torch.qint8, inplace=inplace)
+        return quantize_dynamic(model.to("cpu").eval(), spec, dtype=torch.qint8, inplace=True)
 
 
 def make_variant(model: nn.Module, variant: str) -> nn.Module:
