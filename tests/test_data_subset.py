@@ -48,8 +48,10 @@ def test_count_is_stratified_and_deterministic(rows):
     got = stratum_counts(chosen)
     for stratum, size in sizes.items():
         assert abs(got[stratum] - 700 * size / sum(sizes.values())) <= 1.5, stratum
-    # a larger subset contains the smaller one (prefixes of one order)
+    # a larger subset contains the smaller one (prefixes of one order), and a split's order is
+    # the all-splits order restricted to it (what the parse-time plan relies on)
     assert chosen == subset.select(rows, "train", 1400, seed=0)[:700]
+    assert chosen == [r for r in subset.stratified_order(rows, 0) if r["split"] == "train"][:700]
 
 
 def test_modes(rows):

@@ -47,8 +47,8 @@ def scan_tree(root: str | Path, splits_file: str | Path, splits: list[str]) -> l
         for entry in entries[split]:
             repeats.setdefault(entry["task"], []).append(int(entry["repeat_idx"]))
         for task, repeat_idx in repeats.items():
-            folder = os.path.join(root, split, task)
-            feat, meta = _size(os.path.join(folder, "feat_conv.pt")), _size(os.path.join(folder, "traj_data.json"))
+            folder = f"{root}/{split}/{task}"
+            feat, meta = _size(f"{folder}/feat_conv.pt"), _size(f"{folder}/traj_data.json")
             problem = ""
             if feat is None or meta is None:
                 problem = ("trajectory folder does not exist (named in the splits file)" if not os.path.isdir(folder)

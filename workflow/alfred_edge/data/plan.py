@@ -62,11 +62,14 @@ def make_plan(data_cfg: dict, budget_bytes: int, reserved: dict[str, int]) -> di
     {"rows": manifest rows, "counts": {split: n}, "splits": {split: figures}}."""
     rows = manifest_rows(data_cfg)
     dtype, seed = data_cfg["store_dtype"], data_cfg["subset"].get("seed", 0)
+    # one order for all splits: a split's own order is this one restricted to it
+    order = subset.stratified_order(rows, seed)
     counts = subset.split_counts(rows, data_cfg["splits"], data_cfg["subset"], dtype,
-                                 budget_bytes - sum(reserved.values()))
+                                 budget_bytes - sum(reserved.values()), order)
     figures = {}
     for split in data_cfg["splits"]:
-        chosen = [r for r in subset.select(rows, split, counts[split], seed) if not r["problem"]]
+        chosen = [r for r in order if r["split"] == split][:counts[split]]
+        chosen = [r for r in chosen if not r["problem"]]
         frames = sum(r["n_frames"] for r in chosen)
         figures[split] = {
             "available": sum(r["split"] == split for r in rows),

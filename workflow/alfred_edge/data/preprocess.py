@@ -66,14 +66,14 @@ def read_traj(json_path: Path) -> dict:
     return traj
 
 
-def read_features(feat_path: Path, n_low_actions: int) -> np.ndarray:
-    """float32 [n_low_actions+1, 512, 7, 7], checked (raises BadInput)."""
+def read_features(feat_path: Path, n_low_actions: int):
+    """float32 tensor [n_low_actions+1, 512, 7, 7], checked (raises BadInput)."""
     import torch
 
     if not feat_path.exists():
         raise BadInput(feat_path, "feat_conv.pt is missing")
     try:
-        feat = torch.load(feat_path, map_location="cpu", weights_only=True, mmap=True)
+        feat = torch.load(feat_path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError/EOFError/pickle errors for damaged files
         raise BadInput(feat_path, f"cannot be read (truncated or not a torch file): {type(err).__name__}: {err}") from None
     if not isinstance(feat, torch.Tensor):
@@ -82,10 +82,18 @@ def read_features(feat_path: Path, n_low_actions: int) -> np.ndarray:
         raise BadInput(feat_path, f"has shape {list(feat.shape)}, expected [n_frames, 512, 7, 7]")
     if feat.shape[0] != n_low_actions + 1:
         raise BadInput(feat_path, f"has {feat.shape[0]} frames, expected len(plan.low_actions)+1 = {n_low_actions + 1}")
-    frames = feat.numpy().astype(np.float32, copy=False)
-    if not np.isfinite(frames).all():
+    if not torch.isfinite(feat).all():
         raise BadInput(feat_path, "holds NaN or infinite values")
-    return frames
+    return feat.float()
+
+
+def to_store_dtype(feat, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 tensor -> (frames in the store dtype, per-channel scale for uint8 else None)."""
+    import torch
+
+    if dtype == "uint8":
+        return store.quantize_uint8(feat.numpy())
+    return feat.to(getattr(torch, dtype)).contiguous().numpy(), None
 
 
 def _words(text: str, word_index: dict[str, int]) -> list[int]:
@@ -158,6 +166,21 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def _read_ahead(load, entries: list[dict], depth: int = 2):
+    """Yield (entry, future of load(entry)) in order, with up to `depth` loads running ahead."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = deque()
+        for entry in entries:
+            pending.append((entry, pool.submit(load, entry)))
+            if len(pending) > depth:
+                yield pending.popleft()
+        while pending:
+            yield pending.popleft()
+
+
 def preprocess_split(split: str, subset_path: Path, vocab_path: Path, root: Path, out_dir: Path,
                      dtype: str, on_bad_input: str, planned_bytes: int, budget_bytes: int,
                      progress: bool = True) -> dict:
@@ -171,34 +194,40 @@ def preprocess_split(split: str, subset_path: Path, vocab_path: Path, root: Path
     if out_dir.parent.exists():
         _remove_stale_temporaries(out_dir)
 
+    def load(entry: dict):
+        """Everything one trajectory contributes (run ahead in a thread: reading and
+        converting release the GIL, so the next file loads while this one is written)."""
+        folder = root / split / entry["task"]
+        traj = read_traj(folder / "traj_data.json")
+        rows = annotation_rows(traj, entry["repeat_idx"], vocab, -1, entry["task"], folder / "traj_data.json")
+        feat = read_features(folder / "feat_conv.pt", len(traj["plan"]["low_actions"]))
+        return rows, *to_store_dtype(feat, dtype), (folder / "feat_conv.pt").stat().st_size
+
     trajectories, annotations, rejected = [], [], []
     n_frames, raw_bytes, scales = 0, 0, []
     with atomic.atomic_path(out_dir, directory=True) as tmp, open(tmp / store.FRAMES, "wb") as frames_file:
         frames_file.write(store.npy_header(dtype, 0))
-        for entry in tqdm(subset["trajectories"], desc=f"preprocess {split}", unit="traj", disable=not progress):
-            folder = root / split / entry["task"]
+        loaded = _read_ahead(load, subset["trajectories"])
+        for entry, result in tqdm(loaded, total=len(subset["trajectories"]), desc=f"preprocess {split}",
+                                  unit="traj", disable=not progress):
             try:
-                traj = read_traj(folder / "traj_data.json")
-                rows = annotation_rows(traj, entry["repeat_idx"], vocab, len(trajectories), entry["task"],
-                                       folder / "traj_data.json")
-                frames = read_features(folder / "feat_conv.pt", len(traj["plan"]["low_actions"]))
+                rows, frames, scale, feat_bytes = result.result()
             except BadInput as bad:
                 if on_bad_input == "fail":
                     raise
                 rejected.append({"split": split, "task": entry["task"], "path": str(bad.path), "reason": bad.reason})
                 continue
-            if dtype == "uint8":
-                stored, scale = store.quantize_uint8(frames)
+            frames_file.write(memoryview(frames).cast("B"))
+            if scale is not None:
                 scales.append(scale)
-            else:
-                stored = frames.astype(store.DTYPES[dtype], copy=False)
-            frames_file.write(memoryview(np.ascontiguousarray(stored)).cast("B"))
+            for row in rows:
+                row["traj_idx"] = len(trajectories)
             trajectories.append({"traj_idx": len(trajectories), "task": entry["task"],
                                  "task_type": entry["task_type"], "frame_offset": n_frames,
                                  "n_frames": len(frames), "n_low_actions": len(frames) - 1})
             annotations += rows
             n_frames += len(frames)
-            raw_bytes += (folder / "feat_conv.pt").stat().st_size
+            raw_bytes += feat_bytes
         frames_file.seek(0)
         frames_file.write(store.npy_header(dtype, n_frames))
         frames_file.close()

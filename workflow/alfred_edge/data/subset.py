@@ -28,9 +28,9 @@ def stratified_order(rows: list[dict], seed: int) -> list[dict]:
         strata[(row["split"], row["task_type"])].append(row)
     keyed = []
     for (split, task_type), members in strata.items():
-        members = sorted(members, key=lambda r: _hash(seed, r["task"]))
-        for rank, row in enumerate(members):
-            keyed.append(((rank + 0.5) / len(members), split, task_type, _hash(seed, row["task"]), row))
+        hashed = sorted((_hash(seed, r["task"]), i) for i, r in enumerate(members))
+        for rank, (digest, i) in enumerate(hashed):
+            keyed.append(((rank + 0.5) / len(members), split, task_type, digest, members[i]))
     return [k[-1] for k in sorted(keyed, key=lambda k: k[:-1])]
 
 
@@ -39,8 +39,9 @@ def trajectory_store_bytes(row: dict, dtype: str) -> int:
 
 
 def split_counts(rows: list[dict], splits: list[str], subset_cfg: dict, dtype: str,
-                 store_budget_bytes: int) -> dict[str, int]:
-    """How many trajectories each split's subset holds, for the configured mode."""
+                 store_budget_bytes: int, order: list[dict] | None = None) -> dict[str, int]:
+    """How many trajectories each split's subset holds, for the configured mode (`order`:
+    stratified_order of these rows, when already computed)."""
     available = {s: sum(r["split"] == s for r in rows) for s in splits}
     mode = subset_cfg["mode"]
     if mode == "all":
@@ -61,7 +62,9 @@ def split_counts(rows: list[dict], splits: list[str], subset_cfg: dict, dtype: s
                 counts[split] = min(available[split], max(1, round(value * available[split])))
         return counts
     counts, used = dict.fromkeys(splits, 0), planned_store_bytes(0, 0, dtype) * len(splits)
-    for row in stratified_order([r for r in rows if r["split"] in splits], subset_cfg.get("seed", 0)):
+    if order is None:
+        order = stratified_order([r for r in rows if r["split"] in splits], subset_cfg.get("seed", 0))
+    for row in order:
         used += trajectory_store_bytes(row, dtype)
         if used > store_budget_bytes:
             break
