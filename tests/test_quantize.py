@@ -245,3 +245,16 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="fp16.pt does not exist"):
         Q.load_variant(tmp_path / "fp16.pt", "cpu")
+
+
+def test_int8_of_torch_transformer_layers_runs_in_eval():
+    """nn.TransformerEncoderLayer's fast path reads linear1.weight as a tensor; int8 turns
+    it off (quantization.md §3), so the quantized layer runs under no_grad in eval mode."""
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True).eval()
+    x = torch.randn(2, 5, 16)
+    try:
+        quantized = Q.make_variant(layer, "int8_dynamic")
+        with torch.no_grad():
+            assert (quantized(x) - layer(x)).abs().max() < 0.25
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)  # the default, for the tests that follow
