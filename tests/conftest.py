@@ -100,4 +100,4 @@ def synthetic_tree(tmp_path_factory):
 def frames_of(store_dir: Path, traj_idx: int) -> np.ndarray:
     from alfred_edge.data.loader import StoreDataset
 
-    return StoreDataset(store_dir).trajectory_frames(traj_idx)
+    return StoreDataset(store_dir).trajectory_frames(traj_idx).numpy()

@@ -50,7 +50,7 @@ class StoreDataset(Dataset):
     def __len__(self) -> int:
         return len(self.annotations)
 
-    def trajectory_frames(self, traj_idx: int) -> np.ndarray:
+    def trajectory_frames(self, traj_idx: int) -> torch.Tensor:
         """float32 [n_frames, 512, 7, 7] of one trajectory (reads only its rows)."""
         if self._frames is None:
             self._frames = store.open_frames(self.store_dir)
@@ -67,7 +67,7 @@ class StoreDataset(Dataset):
         runs = np.asarray(row["mask_rle"], dtype=np.int32).reshape(-1, 2)
         return {
             "lang": torch.from_numpy(np.concatenate([row["lang_goal"], row["lang_instr"]]).astype(np.int64)),
-            "frames": torch.from_numpy(self.trajectory_frames(int(row["traj_idx"]))),
+            "frames": self.trajectory_frames(int(row["traj_idx"])),
             "actions": torch.as_tensor(np.asarray(row["actions"], dtype=np.int64)),
             "valid_interact": torch.as_tensor(np.asarray(row["valid_interact"], dtype=bool)),
             "high_idx": torch.as_tensor(np.asarray(row["high_idx"], dtype=np.int64)),
@@ -78,10 +78,13 @@ class StoreDataset(Dataset):
         }
 
 
-def _pad(seqs: list[torch.Tensor], length: int, dtype=None) -> torch.Tensor:
-    out = torch.zeros((len(seqs), length) + tuple(seqs[0].shape[1:]), dtype=dtype or seqs[0].dtype)
+def _pad(seqs: list[torch.Tensor], length: int) -> torch.Tensor:
+    """[B, length, ...], zero after each sequence (only the padding is zero-filled: a full
+    torch.zeros of a frames batch costs as much as the copy)."""
+    out = torch.empty((len(seqs), length) + tuple(seqs[0].shape[1:]), dtype=seqs[0].dtype)
     for b, seq in enumerate(seqs):
         out[b, :len(seq)] = seq
+        out[b, len(seq):] = 0
     return out
 
 

@@ -72,11 +72,19 @@ def read_meta(store_dir: str | Path) -> dict:
     return json.loads((Path(store_dir) / META).read_text())
 
 
-def dequantize(frames: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
-    """Stored frames [n,512,7,7] -> float32; `scale` [512] for uint8 stores."""
-    out = np.asarray(frames, dtype=np.float32)
+def dequantize(frames: np.ndarray, scale: np.ndarray | None):
+    """Stored frames [n,512,7,7] (e.g. a slice of the memory map) -> a new float32 torch
+    tensor; `scale` [512] for uint8 stores. Converts with torch (several times faster than
+    numpy's float16 -> float32)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # a read-only memory map: copied by .to() before any write
+        warnings.simplefilter("ignore", UserWarning)
+        out = torch.from_numpy(frames).to(torch.float32, copy=True)
     if scale is not None:
-        out *= scale[None, :, None, None]
+        out.mul_(torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32))[None, :, None, None])
     return out
 
 
