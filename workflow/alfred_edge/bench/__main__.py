@@ -110,7 +110,7 @@ def main(argv=None) -> int:
                 "roofline_host": _roofline_row(args.roofline or output_path("roofline", out_root.parent, host=host, device=args.device))}
         out = args.out or output_path("cells", out_root.parent, host=host, model=args.model, variant=args.variant,
                                       device=args.device, features=args.features, batch=args.batch)
-        row = runner.run_cell(spec, out)
+        row = runner.run_cell(spec, out, skip_reason=runner.smaller_batch_oom_reason(_smaller_batch_files(out, args.batch)))
     else:
         from alfred_edge.bench import capacity
 
@@ -124,6 +124,13 @@ def main(argv=None) -> int:
         row = capacity.run_capacity(spec, cells, out)[0]
     print(f"{out}: status {row['status']}" + (f" ({row['error'].splitlines()[0]})" if row.get("error") else ""))
     return 0
+
+
+def _smaller_batch_files(out: Path, batch: int) -> list[str]:
+    """Cells of the same model/variant/device/features at smaller batches already written
+    beside `out` (b<batch>.parquet): after an OOM there, this batch is skipped."""
+    found = [(int(p.stem[1:]), str(p)) for p in Path(out).parent.glob("b*.parquet") if p.stem[1:].isdigit()]
+    return [path for b, path in sorted(found) if b < batch]
 
 
 def _roofline_row(path) -> dict | None:

@@ -40,11 +40,14 @@ def _best_rate(fn, sync, work: float, seconds: float) -> float:
 
 
 def count_flops(torch, model, lang, lang_lengths, frames) -> tuple[float, float]:
-    """(FLOPs of encode, FLOPs of one decoder step after the first) of `model` on this batch,
-    counted by torch.utils.flop_counter (matmuls, convolutions, ...; elementwise ops are
-    not counted, so this is a lower bound)."""
+    """(FLOPs of encode, FLOPs of one decoder step after the first) of `model` for the whole
+    batch, counted by torch.utils.flop_counter on its first episode and scaled by B: every op
+    of these models works per episode, and counting under the FlopCounterMode is slow.
+    Matmuls and convolutions are counted, elementwise ops are not: a lower bound."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    B = lang.shape[0]
+    lang, lang_lengths, frames = lang[:1, :int(lang_lengths[0])], lang_lengths[:1], frames[:1]
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             state = model.encode(lang, lang_lengths)
@@ -52,7 +55,7 @@ def count_flops(torch, model, lang, lang_lengths, frames) -> tuple[float, float]
         logits, _, state = model.step(state, frames[:, 0], None)
         with FlopCounterMode(display=False) as counter:
             model.step(state, frames[:, min(1, frames.shape[1] - 1)], logits.argmax(1))
-    return float(encode), float(counter.get_total_flops())
+    return float(encode * B), float(counter.get_total_flops() * B)
 
 
 def cell_columns(flops_per_step: float | None, weight_bytes: float | None, step_latency_ms: float | None,

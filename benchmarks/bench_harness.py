@@ -1,0 +1,166 @@
+"""Acceptance figures of the benchmark harness (issue 5), measured side by side in one run:
+
+  1. harness overhead: an identity model's per-iteration latency, and the gap between the
+     summed latencies and the timed loop's wall time (also for the lstm);
+  2. lstm fp32 on CPU: per-sample latency at batch 8 vs batch 1; peak RSS at batch 1;
+  3. peak RSS at batch 1 with a store holding 10x more trajectories;
+  4. int8_dynamic vs fp32 decoder step at batch 1;
+  5. the same cell three times: spread of p50.
+
+    python benchmarks/bench_harness.py [--models DIR] [--store DIR] [--threads N]
+
+Models: models/<model>/{fp32,int8_dynamic}.pt when the pipeline has trained them, else
+freshly initialised ones built from config/config.yaml into a temporary folder (latency and
+memory do not depend on the weights' values). Store: data/store/valid_seen (run
+`snakemake --cores 2 data/store/valid_seen` first)."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+
+from alfred_edge.bench import harness, runner  # noqa: E402
+from alfred_edge.bench.workloads import IdentityWorkload  # noqa: E402
+
+
+def identity_overhead(iterations: int = 20000) -> dict:
+    workload = IdentityWorkload(batch_size=1, device="cpu")
+    workload.load()
+    workload.prepare()
+    settings = harness.LoopSettings(min_iterations=iterations, min_duration_s=0, max_duration_s=60, warmup_iterations=0)
+    for _ in range(100):
+        workload.run_batch()
+    result = harness.timed_loop(workload.run_batch, workload.sync, settings, lambda: None)
+    lat_us = result.latencies_s * 1e6
+    gap_us = (result.loop_wall_s - result.latencies_s.sum()) / len(lat_us) * 1e6
+    return {"iterations": len(lat_us), "latency_mean_us": lat_us.mean(), "latency_p50_us": np.median(lat_us),
+            "loop_gap_us_per_iteration": gap_us, "overhead_us_per_iteration": lat_us.mean() + gap_us,
+            "gap_fraction": 1 - result.latencies_s.sum() / result.loop_wall_s}
+
+
+def build_models(config_path: Path, vocab_path: Path, out_dir: Path) -> Path:
+    """Untrained lstm fp32 and int8_dynamic files (the pipeline's format)."""
+    import yaml
+
+    from alfred_edge import quantize
+    from alfred_edge.models import build_model, model_record, save_model
+
+    config = yaml.safe_load(config_path.read_text())
+    vocab = json.loads(vocab_path.read_text())
+    model = build_model("lstm", config["models"]["lstm"], vocab).eval()
+    save_model(model, out_dir / "lstm" / "fp32.pt")
+    quantize.save_variant(quantize.make_variant(model, "int8_dynamic"), "int8_dynamic", model_record(model),
+                          out_dir / "lstm" / "int8_dynamic.pt")
+    return out_dir
+
+
+def replicate_store(store: Path, out: Path, times: int) -> Path:
+    """A store holding `times` copies of every trajectory of `store` (same layout)."""
+    from alfred_edge.data import store as store_format
+
+    meta = json.loads((store / store_format.META).read_text())
+    frames = store_format.open_frames(store)
+    trajectories = pd.read_parquet(store / store_format.TRAJECTORIES)
+    annotations = pd.read_parquet(store / store_format.ANNOTATIONS)
+    out.mkdir(parents=True)
+    n_frames, n_traj = len(frames), len(trajectories)
+    with open(out / "frames.npy", "wb") as stream:
+        stream.write(store_format.npy_header(meta["dtype"], n_frames * times))
+        for _ in range(times):
+            stream.write(np.ascontiguousarray(frames).tobytes())
+    trajs, anns = [], []
+    for k in range(times):
+        trajs.append(trajectories.assign(frame_offset=trajectories["frame_offset"] + k * n_frames))
+        anns.append(annotations.assign(traj_idx=annotations["traj_idx"] + k * n_traj))
+    pd.concat(trajs, ignore_index=True).to_parquet(out / store_format.TRAJECTORIES)
+    pd.concat(anns, ignore_index=True).to_parquet(out / store_format.ANNOTATIONS)
+    for name in (store_format.META, "rejected.parquet"):
+        if (store / name).exists():
+            shutil.copy(store / name, out / name)
+    meta.update(n_trajectories=n_traj * times, n_annotations=len(annotations) * times, n_frames=n_frames * times)
+    (out / store_format.META).write_text(json.dumps(meta))
+    return out
+
+
+def cell(models: Path, store: Path, out: Path, variant: str, batch: int, args, tag: str) -> dict:
+    spec = {"host": "bench", "device": "cpu", "threads": args.threads, "timeout_s": 900, "model": "lstm",
+            "variant": variant, "features": "mmap", "batch_size": batch, "max_steps": args.max_steps,
+            "loop": {"min_iterations": args.min_iterations, "min_duration_s": args.min_duration_s,
+                     "max_duration_s": args.max_duration_s, "warmup_iterations": 2},
+            "power": {"interval_s": 0.1, "idle_s": 0.0},
+            "model_path": str(models / "lstm" / f"{variant}.pt"), "fp32_path": str(models / "lstm" / "fp32.pt"),
+            "store_dir": str(store)}
+    row = runner.run_cell(spec, out / f"{tag}.parquet")
+    if row["status"] != "ok":
+        raise SystemExit(f"cell {tag} failed: {row['status']}: {row['error']}")
+    print(f"  {tag:<22} p50 {row['latency_p50_ms']:9.1f} ms  step p50 {row['step_latency_p50_ms']:8.2f} ms  "
+          f"per-sample {row['sample_latency_p50_ms']:9.1f} ms  n={row['iterations']:3d} steps={row['steps_per_episode']}  "
+          f"peak RSS {row['peak_rss_mb']:6.0f} MB (inference {row['peak_rss_inference_mb']:6.0f} MB)  "
+          f"gap {row['harness_gap_fraction'] * 100:+.2f} %  iqr/p50 {row['spread_iqr_ratio']:.2f}", flush=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, help="folder with lstm/{fp32,int8_dynamic}.pt (default: models/, else built)")
+    parser.add_argument("--store", type=Path, default=REPO / "data" / "store" / "valid_seen")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=8)
+    parser.add_argument("--min-iterations", type=int, default=10)
+    parser.add_argument("--min-duration-s", type=float, default=2.0)
+    parser.add_argument("--max-duration-s", type=float, default=30.0)
+    args = parser.parse_args()
+    if not (args.store / "meta.json").exists():
+        raise SystemExit(f"{args.store}: no store; run `snakemake --cores 2 {args.store.relative_to(REPO)}` first")
+
+    print("1. identity model, in-process timed loop")
+    ident = identity_overhead()
+    print(f"  {ident['iterations']} iterations: latency mean {ident['latency_mean_us']:.2f} µs (p50 "
+          f"{ident['latency_p50_us']:.2f} µs), loop gap {ident['loop_gap_us_per_iteration']:.2f} µs/iteration; "
+          f"overhead {ident['overhead_us_per_iteration']:.2f} µs/iteration (goal <= 50); summed latencies = "
+          f"{(1 - ident['gap_fraction']) * 100:.2f} % of the loop's wall time (goal within 2 %)")
+
+    with tempfile.TemporaryDirectory(prefix="bench-harness-") as tmp:
+        tmp = Path(tmp)
+        models = args.models or (REPO / "models" if (REPO / "models" / "lstm" / "int8_dynamic.pt").exists() else None)
+        if models is None:
+            models = build_models(REPO / "config" / "config.yaml", args.store.parent / "vocab.json", tmp / "models")
+            print(f"(untrained lstm files built in {models})")
+        out = tmp / "cells"
+        print(f"2-5. lstm cells on the CPU, {args.threads} threads, max_steps {args.max_steps}, each its own process")
+        b1 = cell(models, args.store, out, "fp32", 1, args, "fp32_b1")
+        b8 = cell(models, args.store, out, "fp32", 8, args, "fp32_b8")
+        int8 = cell(models, args.store, out, "int8_dynamic", 1, args, "int8_b1")
+        big_store = replicate_store(args.store, tmp / "store10x", 10)
+        big = cell(models, big_store, out, "fp32", 1, args, "fp32_b1_store10x")
+        repeats = [b1] + [cell(models, args.store, out, "fp32", 1, args, f"fp32_b1_repeat{i}") for i in (2, 3)]
+
+    ratio = b8["sample_latency_p50_ms"] / b1["sample_latency_p50_ms"]
+    print(f"2. per-sample latency batch 8 / batch 1 = {ratio:.3f} (goal <= 0.35); peak RSS at batch 1 = "
+          f"{b1['peak_rss_mb']:.0f} MB (goal <= 700)")
+    growth = big["peak_rss_mb"] / b1["peak_rss_mb"] - 1
+    print(f"3. peak RSS with the 10x store: {big['peak_rss_mb']:.0f} MB vs {b1['peak_rss_mb']:.0f} MB: "
+          f"{growth * 100:+.1f} % (goal <= 5 %)")
+    speedup = b1["step_latency_p50_ms"] / int8["step_latency_p50_ms"]
+    print(f"4. decoder step at batch 1: fp32 {b1['step_latency_p50_ms']:.2f} ms, int8_dynamic "
+          f"{int8['step_latency_p50_ms']:.2f} ms: {speedup:.2f}x (goal >= 2x)")
+    p50s = [r["latency_p50_ms"] for r in repeats]
+    spread = max(abs(p / np.median(p50s) - 1) for p in p50s)
+    print(f"5. same cell 3x: p50 {', '.join(f'{p:.1f}' for p in p50s)} ms: max deviation from their median "
+          f"{spread * 100:.1f} % (goal within 10 %)")
+    lstm_gap = max(abs(r["harness_gap_fraction"]) for r in [b1, b8, int8, big] + repeats)
+    print(f"1b. lstm cells: summed latencies within {lstm_gap * 100:.2f} % of the loop's wall time")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The standalone runner: its defaults are the config's, it imports nothing the Jetson path
+lacks, and it writes the pipeline's files (one cheap identity cell)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+from alfred_edge.bench import __main__ as cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_equal_the_embedded_config():
+    bench = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["bench"]
+    d = cli.DEFAULTS
+    assert d["threads"] == bench["threads"] and d["max_steps"] == bench["max_steps"]
+    assert d["store_split"] == bench["split"] and d["timeout_s"] == bench["timeout_s"]
+    assert d["loop"] == {k: bench[k] for k in d["loop"]}
+    assert d["power"] == bench["power"] and d["roofline"] == bench["roofline"]
+    assert d["capacity"]["budgets_gb"] == bench["ram_budgets_gb"]
+    assert {k: v for k, v in d["capacity"].items() if k != "budgets_gb"} == \
+        {k: bench["capacity"][k] for k in ("max_batch", "factor", "steps", "max_seconds")}
+
+
+def test_parent_side_imports_neither_pandas_snakemake_matplotlib_nor_torch():
+    code = ("import sys; import alfred_edge.bench.__main__, alfred_edge.bench.runner, alfred_edge.bench.capacity; "
+            "print(sorted(m for m in ('pandas', 'snakemake', 'matplotlib', 'torch', 'yaml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_cli_cell_writes_the_schema_path_and_skips_after_a_smaller_oom(tmp_path):
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "alfred_edge.bench", "cell", "--model", "identity", "--host", "board-1",
+         "--out-root", str(tmp_path), "--min-duration-s", "0", "--threads", "1", *extra],
+        capture_output=True, text=True, check=True, cwd=tmp_path)
+    run("--batch", "2")
+    path = tmp_path / "board-1" / "cells" / "identity" / "fp32" / "cpu" / "mmap" / "b2.parquet"
+    row = pq.read_table(path).to_pylist()[0]
+    assert row["status"] == "ok" and row["host"] == "board-1" and row["batch_size"] == 2
+    # an OOM row at batch 2 (as a board would leave it) makes batch 4 a skipped row, without a child
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.schema.get_field_index("status"), "status", [["oom"]]), path)
+    out = run("--batch", "4").stdout
+    assert "status skipped (batch 2 already ran out of memory (oom)" in out

@@ -1,0 +1,62 @@
+"""The real workload on a tiny store and tiny models: B episodes really in the batch, frames
+read into RAM equal to the memory-mapped ones, and a whole cell measured in-process for each
+model (the transformer through its own step path)."""
+import json
+
+import pytest
+import torch
+
+from alfred_edge.bench import child, workloads
+from model_inputs import build_store
+
+TINY = {"lstm": {"demb": 16, "dhid": 16, "dframe": 32}, "transformer": {"d_model": 16, "heads": 2, "encoder_layers": 1,
+                                                                        "decoder_layers": 1, "ffn": 32, "dframe": 32}}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("bench_store"), {"train": 3, "valid_seen": 2})
+
+
+def test_store_batch_holds_b_episodes_cycling_when_the_split_is_small(store):
+    n = json.loads((store / "valid_seen" / "meta.json").read_text())["n_annotations"]
+    batch = workloads.store_batch(str(store / "valid_seen"), 4, max_steps=2, features="mmap")
+    assert batch["lang"].shape[0] == batch["frames"].shape[0] == 4
+    assert batch["frames"].shape[1] <= 2 and batch["frames"].shape[2:] == (512, 7, 7)
+    big = workloads.store_batch(str(store / "valid_seen"), n + 2, max_steps=2, features="mmap")
+    assert big["frames"].shape[0] == n + 2 and big["distinct_episodes"] == n
+
+
+def test_features_in_ram_equal_the_memory_mapped_ones(store):
+    mmap = workloads.store_batch(str(store / "valid_seen"), 3, max_steps=3, features="mmap")
+    ram = workloads.store_batch(str(store / "valid_seen"), 3, max_steps=3, features="ram")
+    assert torch.equal(mmap["frames"], ram["frames"]) and torch.equal(mmap["lang"], ram["lang"])
+    with pytest.raises(ValueError, match="mmap or ram"):
+        workloads.store_batch(str(store / "valid_seen"), 1, 1, "disk")
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a cell's child does; the 2-core machine is shared
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_cell_of_a_real_model_measures_b_episodes(store, tmp_path, name, one_thread):
+    from alfred_edge.models import build_model, save_model
+
+    vocab = json.loads((store / "vocab.json").read_text())
+    path = tmp_path / name / "fp32.pt"
+    save_model(build_model(name, TINY[name], vocab), path)
+    spec = {"host": "t", "model": name, "variant": "fp32", "device": "cpu", "batch_size": 3, "features": "mmap",
+            "threads": 1, "max_steps": 2, "timeout_s": 60, "model_path": str(path), "fp32_path": str(path),
+            "store_dir": str(store / "valid_seen"),
+            "loop": {"min_iterations": 2, "min_duration_s": 0.0, "max_duration_s": 60.0, "warmup_iterations": 0},
+            "power": {"interval_s": 0.05, "idle_s": 0.0}}
+    row = child.measure_cell(spec, torch)
+    assert row["observed_batch_size"] == 3 and row["iterations"] >= 2
+    assert 1 <= row["steps_per_episode"] <= 2
+    assert row["flops_per_step"] > 0 and row["weight_bytes_per_step"] == path.stat().st_size
+    assert row["encode_latency_p50_ms"] < row["latency_p50_ms"]
