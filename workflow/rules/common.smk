@@ -70,7 +70,11 @@ def get_source_root():
 
 
 def get_splits_file():
-    return SYNTHETIC_SPLITS_FILE if IS_SYNTHETIC else str(Path(DATA["splits_file"]).resolve())
+    return (
+        SYNTHETIC_SPLITS_FILE
+        if IS_SYNTHETIC
+        else str(Path(DATA["splits_file"]).resolve())
+    )
 
 
 def get_source_inputs(wildcards=None):

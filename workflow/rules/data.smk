@@ -6,21 +6,28 @@ wildcard_constraints:
     split="|".join(DATA_SPLITS),
 
 
-rule synthesize:
-    output:
-        root=directory(SYNTHETIC_ROOT),
-        splits=SYNTHETIC_SPLITS_FILE,
-    params:
-        synthetic=get_synthetic_settings(),
-        code=get_code_digest(
-            "scripts/synthesize.py", "alfred_edge/data/synthetic.py", "alfred_edge/atomic.py"
-        ),
-    log:
-        "logs/synthesize/synthesize.log",
-    resources:
-        disk_mb=disk_mb(sum(r["feat_bytes"] + r["json_bytes"] for r in DATA_PLAN["rows"])),
-    script:
-        "../scripts/synthesize.py"
+# Only a synthetic source is written by this workflow (a real tree is only read).
+if IS_SYNTHETIC:
+
+    rule synthesize:
+        output:
+            root=directory(SYNTHETIC_ROOT),
+            splits=SYNTHETIC_SPLITS_FILE,
+        log:
+            "logs/synthesize/synthesize.log",
+        resources:
+            disk_mb=disk_mb(
+                sum(r["feat_bytes"] + r["json_bytes"] for r in DATA_PLAN["rows"])
+            ),
+        params:
+            synthetic=get_synthetic_settings(),
+            code=get_code_digest(
+                "scripts/synthesize.py",
+                "alfred_edge/data/synthetic.py",
+                "alfred_edge/atomic.py",
+            ),
+        script:
+            "../scripts/synthesize.py"
 
 
 rule manifest:
@@ -28,15 +35,15 @@ rule manifest:
         get_source_inputs,
     output:
         "data/manifest.parquet",
+    log:
+        "logs/manifest/manifest.log",
+    resources:
+        disk_mb=disk_mb(300 * len(DATA_PLAN["rows"])),
     params:
         root=get_source_root(),
         splits_file=get_splits_file(),
         splits=DATA_SPLITS,
         code=get_code_digest("scripts/manifest.py", "alfred_edge/data/manifest.py"),
-    log:
-        "logs/manifest/manifest.log",
-    resources:
-        disk_mb=disk_mb(300 * len(DATA_PLAN["rows"])),
     script:
         "../scripts/manifest.py"
 
@@ -46,14 +53,14 @@ rule subset:
         "data/manifest.parquet",
     output:
         "data/subset/{split}.json",
-    params:
-        n_trajectories=get_subset_count,
-        seed=DATA["subset"].get("seed", 0),
-        code=get_code_digest("scripts/subset.py", "alfred_edge/data/subset.py"),
     log:
         "logs/subset/{split}.log",
     resources:
         disk_mb=lambda wildcards: disk_mb(300 * get_subset_count(wildcards)),
+    params:
+        n_trajectories=get_subset_count,
+        seed=DATA["subset"].get("seed", 0),
+        code=get_code_digest("scripts/subset.py", "alfred_edge/data/subset.py"),
     script:
         "../scripts/subset.py"
 
@@ -64,6 +71,10 @@ rule vocab:
         subset="data/subset/train.json",
     output:
         "data/store/vocab.json",
+    log:
+        "logs/vocab/vocab.log",
+    resources:
+        disk_mb=1,
     params:
         root=get_source_root(),
         on_bad_input=DATA["on_bad_input"],
@@ -73,10 +84,6 @@ rule vocab:
             "alfred_edge/data/tokenize.py",
             "alfred_edge/data/preprocess.py",
         ),
-    log:
-        "logs/vocab/vocab.log",
-    resources:
-        disk_mb=1,
     script:
         "../scripts/vocab.py"
 
@@ -91,12 +98,17 @@ rule preprocess:
         vocab="data/store/vocab.json",
     output:
         directory("data/store/{split}"),
+    log:
+        "logs/preprocess/{split}.log",
+    resources:
+        disk_mb=lambda wildcards: disk_mb(get_store_bytes(wildcards)),
     params:
         root=get_source_root(),
         dtype=DATA["store_dtype"],
         on_bad_input=DATA["on_bad_input"],
         planned_bytes=lambda wildcards, input: get_store_bytes(wildcards),
-        budget_bytes=lambda wildcards, input: BUDGET_BYTES - sum(RESERVED_BYTES.values()),
+        budget_bytes=lambda wildcards, input: BUDGET_BYTES
+        - sum(RESERVED_BYTES.values()),
         code=get_code_digest(
             "scripts/preprocess.py",
             "alfred_edge/data/preprocess.py",
@@ -105,10 +117,6 @@ rule preprocess:
             "alfred_edge/data/vocab.py",
             "alfred_edge/atomic.py",
         ),
-    log:
-        "logs/preprocess/{split}.log",
-    resources:
-        disk_mb=lambda wildcards: disk_mb(get_store_bytes(wildcards)),
     script:
         "../scripts/preprocess.py"
 
@@ -116,12 +124,12 @@ rule preprocess:
 rule storage_plan:
     output:
         "reports/storage_plan.md",
-    params:
-        plan=get_storage_plan(),
-        code=get_code_digest("scripts/storage_plan.py", "alfred_edge/data/plan.py"),
     log:
         "logs/storage_plan/storage_plan.log",
     resources:
         disk_mb=1,
+    params:
+        plan=get_storage_plan(),
+        code=get_code_digest("scripts/storage_plan.py", "alfred_edge/data/plan.py"),
     script:
         "../scripts/storage_plan.py"
