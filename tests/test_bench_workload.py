@@ -35,15 +35,15 @@ def test_features_in_ram_equal_the_memory_mapped_ones(store):
         workloads.store_batch(str(store / "valid_seen"), 1, 1, "disk")
 
 
-@pytest.mark.parametrize("name", ["lstm", "transformer"])
 @pytest.fixture
 def one_thread():
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a cell's child does; the 2-core machine is shared
+    torch.set_num_threads(1)  # the 2-core machine is shared with other jobs
     yield
     torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
 def test_a_cell_of_a_real_model_measures_b_episodes(store, tmp_path, name, one_thread):
     from alfred_edge.models import build_model, save_model
 
