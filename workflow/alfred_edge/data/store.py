@@ -39,8 +39,9 @@ ANNOTATION_COLUMNS = {
     "bboxes": "[x1, y1, x2, y2] per interaction step, flat",
 }
 NPY_HEADER_BYTES = 128  # fixed, so the header can be rewritten once the frame count is known
-# Bytes the tables take per trajectory, beyond its frames (a planning estimate: masks and ids).
-TABLE_BYTES_PER_TRAJECTORY = 4096
+# Bytes the tables take per trajectory, beyond its frames (a planning estimate, mostly the
+# run-length masks once per annotation: ~14 kB for ALFRED's sample, ~1.5 kB synthetic).
+TABLE_BYTES_PER_TRAJECTORY = 16 * 1024
 
 
 def frame_bytes(dtype: str) -> int:
