@@ -123,8 +123,7 @@ def measure_cell(spec: dict, torch) -> dict:
         torch.cuda.reset_peak_memory_stats()
     n_before = len(workload.encode_times_s)
     with memory.InferencePeak() as peak:
-        result, window = sampler.measure(lambda: timed_loop(workload.run_batch, workload.sync, loop, trace)) \
-            if not isinstance(sampler, power.NoSampler) else (timed_loop(workload.run_batch, workload.sync, loop, trace), None)
+        result, window = sampler.measure(lambda: timed_loop(workload.run_batch, workload.sync, loop, trace))
     sampler.close()
 
     stats = latency_stats(result.latencies_s, result.loop_wall_s, spec["batch_size"], workload.steps_per_episode)

@@ -92,9 +92,14 @@ class Sampler:
 
 
 class NoSampler(Sampler):
+    """Nothing can be read here: runs the body unmeasured (window None) and keeps the reason."""
+
     def __init__(self, reason: str):
         super().__init__(interval_s=0.0)
         self.reason = reason
+
+    def measure(self, body) -> tuple[object, None]:
+        return body(), None
 
 
 # --- jtop (Jetson) -----------------------------------------------------------------------
