@@ -5,7 +5,7 @@
   2. lstm fp32 on CPU: per-sample latency at batch 8 vs batch 1; peak RSS at batch 1;
   3. peak RSS at batch 1 with a store holding 10x more trajectories;
   4. int8_dynamic vs fp32 decoder step at batch 1;
-  5. the same cell three times: spread of p50.
+  5. the same cell three times (one per round): spread of p50.
 
     python benchmarks/bench_harness.py [--models DIR] [--store DIR] [--threads N]
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -118,6 +119,7 @@ def main() -> int:
     parser.add_argument("--min-iterations", type=int, default=10)
     parser.add_argument("--min-duration-s", type=float, default=2.0)
     parser.add_argument("--max-duration-s", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if not (args.store / "meta.json").exists():
         raise SystemExit(f"{args.store}: no store; run `snakemake --cores 2 {args.store.relative_to(REPO)}` first")
@@ -136,29 +138,37 @@ def main() -> int:
             models = build_models(REPO / "config" / "config.yaml", args.store.parent / "vocab.json", tmp / "models")
             print(f"(untrained lstm files built in {models})")
         out = tmp / "cells"
-        print(f"2-5. lstm cells on the CPU, {args.threads} threads, max_steps {args.max_steps}, each its own process")
-        b1 = cell(models, args.store, out, "fp32", 1, args, "fp32_b1")
-        b8 = cell(models, args.store, out, "fp32", 8, args, "fp32_b8")
-        int8 = cell(models, args.store, out, "int8_dynamic", 1, args, "int8_b1")
+        print(f"2-5. lstm cells on the CPU, {args.threads} threads, max_steps {args.max_steps}, each its own process; "
+              f"{args.rounds} rounds of (fp32 b1, fp32 b8, int8_dynamic b1), interleaved so that a change in the "
+              f"machine's load falls on all three")
+        rounds = [{tag: cell(models, args.store, out, variant, batch, args, f"{tag}_round{r}")
+                   for tag, variant, batch in (("fp32_b1", "fp32", 1), ("fp32_b8", "fp32", 8), ("int8_b1", "int8_dynamic", 1))}
+                  for r in range(1, args.rounds + 1)]
         big_store = replicate_store(args.store, tmp / "store10x", 10)
         big = cell(models, big_store, out, "fp32", 1, args, "fp32_b1_store10x")
-        repeats = [b1] + [cell(models, args.store, out, "fp32", 1, args, f"fp32_b1_repeat{i}") for i in (2, 3)]
 
-    ratio = b8["sample_latency_p50_ms"] / b1["sample_latency_p50_ms"]
-    print(f"2. per-sample latency batch 8 / batch 1 = {ratio:.3f} (goal <= 0.35); peak RSS at batch 1 = "
-          f"{b1['peak_rss_mb']:.0f} MB (goal <= 700)")
-    growth = big["peak_rss_mb"] / b1["peak_rss_mb"] - 1
-    print(f"3. peak RSS with the 10x store: {big['peak_rss_mb']:.0f} MB vs {b1['peak_rss_mb']:.0f} MB: "
-          f"{growth * 100:+.1f} % (goal <= 5 %)")
-    speedup = b1["step_latency_p50_ms"] / int8["step_latency_p50_ms"]
-    print(f"4. decoder step at batch 1: fp32 {b1['step_latency_p50_ms']:.2f} ms, int8_dynamic "
-          f"{int8['step_latency_p50_ms']:.2f} ms: {speedup:.2f}x (goal >= 2x)")
-    p50s = [r["latency_p50_ms"] for r in repeats]
+    def median(tag, column):
+        return float(np.median([r[tag][column] for r in rounds]))
+
+    b1_sample, b8_sample = median("fp32_b1", "sample_latency_p50_ms"), median("fp32_b8", "sample_latency_p50_ms")
+    per_round = [r["fp32_b8"]["sample_latency_p50_ms"] / r["fp32_b1"]["sample_latency_p50_ms"] for r in rounds]
+    peak_b1 = median("fp32_b1", "peak_rss_mb")
+    print(f"2. per-sample latency batch 8 / batch 1 = {b8_sample / b1_sample:.3f} (medians over rounds; per round "
+          f"{', '.join(f'{x:.3f}' for x in per_round)}; goal <= 0.35); peak RSS at batch 1 = {peak_b1:.0f} MB (goal <= 700)")
+    growth = big["peak_rss_mb"] / peak_b1 - 1
+    print(f"3. peak RSS with the 10x store: {big['peak_rss_mb']:.0f} MB vs {peak_b1:.0f} MB: {growth * 100:+.1f} % (goal <= 5 %)")
+    fp32_step, int8_step = median("fp32_b1", "step_latency_p50_ms"), median("int8_b1", "step_latency_p50_ms")
+    per_round = [r["fp32_b1"]["step_latency_p50_ms"] / r["int8_b1"]["step_latency_p50_ms"] for r in rounds]
+    print(f"4. decoder step at batch 1: fp32 {fp32_step:.2f} ms, int8_dynamic {int8_step:.2f} ms: {fp32_step / int8_step:.2f}x "
+          f"(per round {', '.join(f'{x:.2f}' for x in per_round)}; goal >= 2x)")
+    p50s = [r["fp32_b1"]["latency_p50_ms"] for r in rounds]
     spread = max(abs(p / np.median(p50s) - 1) for p in p50s)
-    print(f"5. same cell 3x: p50 {', '.join(f'{p:.1f}' for p in p50s)} ms: max deviation from their median "
-          f"{spread * 100:.1f} % (goal within 10 %)")
-    lstm_gap = max(abs(r["harness_gap_fraction"]) for r in [b1, b8, int8, big] + repeats)
+    print(f"5. the fp32 b1 cell {len(p50s)}x: p50 {', '.join(f'{p:.1f}' for p in p50s)} ms: max deviation from their "
+          f"median {spread * 100:.1f} % (goal within 10 %)")
+    rows = [row for r in rounds for row in r.values()] + [big]
+    lstm_gap = max(abs(row["harness_gap_fraction"]) for row in rows)
     print(f"1b. lstm cells: summed latencies within {lstm_gap * 100:.2f} % of the loop's wall time")
+    print(f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     return 0
 
 
