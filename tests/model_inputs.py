@@ -32,3 +32,32 @@ def random_batch(vocab, seed=0, lang_lengths=(11, 6, 9), frame_lengths=(7, 4, 6)
         "actions": actions, "valid_interact": interact,
         "high_idx": torch.zeros(B, T, dtype=torch.long),
     }
+
+
+def build_store(root, trajectories, annotations_per_trajectory=3, nav_steps=(2, 5), seed=0, dtype="float16"):
+    """A synthetic store under root/store (vocab.json and one folder per split), written by the
+    data package's own functions, as the pipeline's data rules do. Returns root/store."""
+    import json
+    from pathlib import Path
+
+    from alfred_edge.data import preprocess, subset, synthetic
+    from alfred_edge.data.vocab import build_vocab, vocab_text
+
+    root = Path(root)
+    specs = synthetic.trajectory_specs(seed, trajectories, annotations_per_trajectory, tuple(nav_steps))
+    raw = root / "raw"
+    synthetic.write_tree(specs, tuple(nav_steps), raw, root / "splits.json", progress=False)
+    rows = synthetic.manifest_rows(specs)
+    store = root / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    docs = {}
+    for split, count in trajectories.items():
+        docs[split] = root / f"subset_{split}.json"
+        docs[split].write_text(json.dumps(subset.subset_document(rows, split, count, seed)))
+    train = json.loads(docs["train"].read_text())["trajectories"]
+    vocab = build_vocab(preprocess.read_traj(raw / "train" / t["task"] / "traj_data.json") for t in train)
+    (store / "vocab.json").write_text(vocab_text(vocab))
+    for split in trajectories:
+        preprocess.preprocess_split(split, docs[split], store / "vocab.json", raw, store / split, dtype,
+                                    "fail", planned_bytes=0, budget_bytes=10**15, progress=False)
+    return store

@@ -66,9 +66,18 @@ def check_batch(batch) -> int:
     return sizes["lang"]
 
 
-def gather_steps(x, interact):
-    """x [B,T,...], interact [B,T] bool -> x at the interaction steps [N,...], row-major (b, t)."""
-    return x[interact.bool()]
+def gather_steps(x, steps):
+    """x [B,T,...], steps [B,T] bool -> x at the selected steps [N,...], row-major (b, t)."""
+    return x[steps.bool()]
+
+
+def encode_real_frames(vis_encoder, frames, frame_lengths):
+    """frames [B,T,512,7,7] -> vis_encoder features [B,T,F] of the real frames (zeros on
+    padding, which no loss or metric reads), in one call over the whole batch."""
+    B, T = frames.shape[:2]
+    real = pad_mask(frame_lengths.to(frames.device), T)  # [B,T]
+    vis = vis_encoder(frames[real])  # [n_real,F]
+    return vis.new_zeros(B, T, vis.shape[-1]).index_put((real,), vis)
 
 
 def pad_mask(lengths, max_len: int):

@@ -24,6 +24,7 @@ from .common import (
     check_batch,
     check_encode_inputs,
     check_step_inputs,
+    encode_real_frames,
     gather_steps,
     next_input_actions,
 )
@@ -183,21 +184,22 @@ class Seq2SeqImMask(nn.Module):
         return self.emb_action_low(actions)
 
     # --- training ------------------------------------------------------------------------
-    def forward(self, batch, teacher_forcing=None):
+    def forward(self, batch, teacher_forcing=None, mask_steps=None):
         """Whole sequences. batch: the loader's dict (lang, lang_lengths, frames [B,T,512,7,7],
         actions [B,T], valid_interact [B,T]). Teacher forcing (default: the config's) feeds the
         gold previous action; without it the model's own argmax, as ALFRED's default.
-        -> dict: action_logits [B,T,V]; mask_logits [N,1,P,P] for the N interaction steps
-        (valid_interact, row-major over (b, t)); with the progress monitor also
+        -> dict: action_logits [B,T,V]; mask_logits [N,1,P,P] at the N steps of mask_steps
+        [B,T] bool (default: valid_interact), row-major over (b, t); with the progress monitor also
         subgoal [B,T] and progress [B,T] (sigmoid outputs)."""
         check_batch(batch)
         tf = self.teacher_forcing if teacher_forcing is None else teacher_forcing
-        frames, actions, interact = batch["frames"], batch["actions"], batch["valid_interact"]
-        B, T = actions.shape
+        actions = batch["actions"]
+        mask_steps = batch["valid_interact"] if mask_steps is None else mask_steps
         state = self.encode(batch["lang"], batch["lang_lengths"])
-        vis = self.dec.vis_encoder(self.vis_dropout(frames).flatten(0, 1)).reshape(B, T, -1)  # [B,T,dframe]
+        frames = self.vis_dropout(batch["frames"])
+        vis = encode_real_frames(self.dec.vis_encoder, frames, batch["frame_lengths"])  # [B,T,dframe]
         logits, conts = [], []
-        for t in range(T):
+        for t in range(actions.shape[1]):
             prev = actions[:, t - 1] if (tf and t > 0) else None
             cont_t, action_t, state = self._step(state, vis[:, t], prev)
             logits.append(action_t)
@@ -205,7 +207,7 @@ class Seq2SeqImMask(nn.Module):
         conts = torch.stack(conts, 1)  # [B,T,cont]
         out = {"action_logits": torch.stack(logits, 1)}  # [B,T,V]
         # The mask decoder is the costliest part of a step: run it only where a mask is supervised.
-        out["mask_logits"] = self.dec.mask_dec(gather_steps(conts, interact))  # [N,1,P,P]
+        out["mask_logits"] = self.dec.mask_dec(gather_steps(conts, mask_steps))  # [N,1,P,P]
         if self.dec.progress_monitor:
             out["subgoal"] = torch.sigmoid(self.dec.subgoal(conts)).squeeze(-1)  # [B,T]
             out["progress"] = torch.sigmoid(self.dec.progress(conts)).squeeze(-1)  # [B,T]

@@ -23,7 +23,15 @@ from transformers import BartConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.bart.modeling_bart import BartDecoder, BartEncoder
 
-from .common import check_batch, check_encode_inputs, check_step_inputs, gather_steps, next_input_actions, pad_mask
+from .common import (
+    check_batch,
+    check_encode_inputs,
+    check_step_inputs,
+    encode_real_frames,
+    gather_steps,
+    next_input_actions,
+    pad_mask,
+)
 from .lstm import MaskDecoder, ResnetVisualEncoder
 from .sizes import architecture
 
@@ -133,12 +141,13 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(f"{n} {what} exceed the transformer's max_positions = {self.config['max_positions']}")
 
     # --- training ------------------------------------------------------------------------
-    def forward(self, batch, teacher_forcing=None):
+    def forward(self, batch, teacher_forcing=None, mask_steps=None):
         """Whole sequences, as lstm.forward: -> action_logits [B,T,V] and mask_logits [N,1,P,P]
-        at the N interaction steps. Teacher forcing (the default for this model) decodes all
+        at the N steps of mask_steps [B,T] bool (default: valid_interact). Teacher forcing (the default for this model) decodes all
         steps in one causal pass; without it the model feeds back its own argmax step by step."""
         check_batch(batch)
         frames, actions = batch["frames"], batch["actions"]
+        mask_steps = batch["valid_interact"] if mask_steps is None else mask_steps
         B, T = actions.shape
         self._check_positions(T, "decoder steps")
         state = self.encode(batch["lang"], batch["lang_lengths"])
@@ -149,12 +158,12 @@ class Seq2SeqTransformer(nn.Module):
                 conts.append(cont_t)
             cont = torch.stack(conts, 1)  # [B,T,2d]
         else:
-            vis = self.frame_proj(self.vis_encoder(frames.flatten(0, 1))).reshape(B, T, -1)  # [B,T,d]
+            vis = self.frame_proj(encode_real_frames(self.vis_encoder, frames, batch["frame_lengths"]))  # [B,T,d]
             prev = torch.cat([self.go.expand(B, 1, -1), self.emb_action_low(actions[:, :-1])], 1)  # [B,T,d]
             x = vis + prev
             h = self._decode(x, state, cache=None)  # [B,T,d], causal
             cont = torch.cat([h, x], -1)  # [B,T,2d]
         return {
             "action_logits": self._action_logits(cont),  # [B,T,V]
-            "mask_logits": self.mask_dec(gather_steps(cont, batch["valid_interact"])),  # [N,1,P,P]
+            "mask_logits": self.mask_dec(gather_steps(cont, mask_steps)),  # [N,1,P,P]
         }

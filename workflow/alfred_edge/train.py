@@ -1,0 +1,104 @@
+"""Train one model on the store (rule train):
+
+    train("lstm", model_config, "data/store", "models/lstm/fp32.pt", "models/lstm/train_metrics.parquet")
+
+ALFRED's recipe: Adam, batches of annotations padded by the loader, the action loss plus the
+weighted mask loss on interaction steps (plus the progress-monitor losses when configured),
+evaluation on valid_seen and valid_unseen after every epoch, and the epoch with the lowest
+valid_seen loss kept (ALFRED's best_seen.pth). Deterministic for a given seed on CPU: the
+seed fixes the initial weights, the dropout masks and the shuffling.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from alfred_edge import atomic
+from alfred_edge.evaluate import DEFAULT_WEIGHTS, compute_losses, evaluate_loader, gt_masks, split_loader, to_device
+from alfred_edge.models import build_model, save_model
+
+log = logging.getLogger(__name__)
+VALID_SPLITS = ("valid_seen", "valid_unseen")
+BEST_BY = "valid_seen/loss"
+
+
+def make_model(name, model_config, vocab):
+    """A fresh model, or with `init_from` the lstm of an ALFRED checkpoint."""
+    if model_config.get("init_from"):
+        if name != "lstm":
+            raise ValueError(f"models.{name}.init_from: only lstm can start from an ALFRED checkpoint")
+        from alfred_edge.models.alfred_checkpoint import import_alfred_checkpoint
+        from alfred_edge.models.sizes import architecture
+
+        dropouts = {k: v for k, v in architecture("lstm", model_config).items() if k.endswith("dropout")}
+        return import_alfred_checkpoint(model_config["init_from"], vocab, overrides=dropouts).train()
+    return build_model(name, model_config, vocab)
+
+
+def sample_mask_steps(interact, k, generator):
+    """At most k of the batch's interaction steps (all when k is None): the mask decoder is the
+    costliest part of training, so a cheaper schedule supervises a random few per batch.
+    -> (steps [B,T] bool, indices of the chosen steps among valid_interact's, row-major)."""
+    positions = interact.nonzero()  # [N,2], row-major like the loader's masks
+    if k is None or len(positions) <= k:
+        return interact, torch.arange(len(positions))
+    keep = torch.randperm(len(positions), generator=generator)[:k].sort().values
+    steps = torch.zeros_like(interact)
+    steps[positions[keep, 0], positions[keep, 1]] = True
+    return steps, keep
+
+
+def train(name, model_config, store_dir, model_path, metrics_path, device="cpu", progress=True) -> dict:
+    """Train, write model_path (fp32.pt) and metrics_path (one row per epoch); returns a summary."""
+    from tqdm import tqdm
+
+    from alfred_edge.data.vocab import load_vocab
+
+    hp = model_config["train"]
+    weights = {**DEFAULT_WEIGHTS, **hp.get("loss_weights", {})}
+    store_dir = Path(store_dir)
+    vocab = load_vocab(store_dir / "vocab.json")
+    torch.manual_seed(hp["seed"])
+    model = make_model(name, model_config, vocab).to(device)
+    shuffle = torch.Generator().manual_seed(hp["seed"])
+    mask_sampler = torch.Generator().manual_seed(hp["seed"])
+    train_loader = split_loader(store_dir / "train", hp["batch"], shuffle=True, generator=shuffle)
+    if len(train_loader.dataset) == 0:
+        raise ValueError(f"{store_dir / 'train'}: the training store has no annotations (check its rejected.parquet)")
+    valid = {split: split_loader(store_dir / split, hp["batch"]) for split in VALID_SPLITS
+             if (store_dir / split).exists()}  # fmt: skip
+    if "valid_seen" not in valid or len(valid["valid_seen"].dataset) == 0:
+        raise ValueError(f"{store_dir / 'valid_seen'}: needed (non-empty) to choose the best epoch")
+    optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
+
+    rows, best, started = [], None, time.perf_counter()
+    for epoch in range(1, hp["epochs"] + 1):
+        model.train()
+        running, n = 0.0, 0
+        bar = tqdm(train_loader, desc=f"train {name} epoch {epoch}/{hp['epochs']}", unit="batch", disable=not progress)
+        for batch in bar:
+            batch = to_device(batch, device)
+            steps, keep = sample_mask_steps(batch["valid_interact"], hp.get("mask_steps_per_batch"), mask_sampler)
+            out = model(batch, mask_steps=steps)
+            masks = gt_masks(batch, model.config["pframe"], device)[keep.to(device)]
+            losses = compute_losses(model, out, batch, masks, weights)
+            optimizer.zero_grad()
+            losses["loss"].backward()
+            optimizer.step()
+            running, n = running + float(losses["loss"]), n + 1
+            bar.set_postfix(loss=f"{running / n:.4f}")
+        row = {"epoch": epoch, "train/loss": running / n, "seconds": time.perf_counter() - started}
+        for split, loader in valid.items():
+            row.update({f"{split}/{k}": v for k, v in evaluate_loader(model, loader, device, weights).items()})
+        rows.append(row)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+        if best is None or row[BEST_BY] < best[0][BEST_BY]:
+            best = (row, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[1])
+    save_model(model.cpu(), model_path, best_epoch=best[0]["epoch"])
+    atomic.write_parquet(pd.DataFrame(rows), metrics_path)
+    return {"best_epoch": best[0]["epoch"], "seconds": time.perf_counter() - started, **best[0]}
