@@ -381,3 +381,35 @@ def get_bench_capacity_spec(wildcards):
             "measure": cap["measure"] if _capacity_measured(wildcards) else None,
         },
     })
+
+
+# --- models ---
+# Each train job gets its model's whole config section (architecture, init_from, train)
+# through params, in canonical form (keys sorted), so editing the transformer's settings
+# reruns only the transformer's jobs. Sizes come from a pure-Python parameter count.
+import json as _json
+
+from alfred_edge.models.sizes import fp32_file_bytes
+
+MODEL_NAMES = sorted(config["models"])
+
+
+def _canonical(value):
+    return _json.loads(_json.dumps(value, sort_keys=True))
+
+
+def get_model_settings(wildcards):
+    """The model's config section, keys sorted (architecture + init_from + train)."""
+    return _canonical(config["models"][wildcards.model])
+
+
+def get_model_init_inputs(wildcards):
+    """An ALFRED checkpoint the lstm starts from (models.lstm.init_from), as an input."""
+    init_from = config["models"][wildcards.model].get("init_from")
+    return [init_from] if init_from else []
+
+
+def get_train_disk_mb(wildcards):
+    """fp32.pt from the parameter count (vocabulary sizes estimated before the vocab exists)."""
+    vocab = data_plan.ESTIMATED_VOCAB["synthetic" if IS_SYNTHETIC else "alfred"]
+    return disk_mb(fp32_file_bytes(wildcards.model, config["models"][wildcards.model], vocab) + 1e6)

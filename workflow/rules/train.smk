@@ -1,1 +1,36 @@
-# train stage.
+# train stage: one job per model -> models/{model}/fp32.pt + models/{model}/train_metrics.parquet.
+# Settings per model from common.smk ("# --- models ---").
+
+
+rule train:
+    input:
+        get_model_init_inputs,
+        vocab="data/store/vocab.json",
+        train="data/store/train",
+        valid_seen="data/store/valid_seen",
+        valid_unseen="data/store/valid_unseen",
+    output:
+        model="models/{model}/fp32.pt",
+        metrics="models/{model}/train_metrics.parquet",
+    wildcard_constraints:
+        model="|".join(MODEL_NAMES),
+    params:
+        settings=get_model_settings,
+        code=get_code_digest(
+            "scripts/train.py",
+            "alfred_edge/train.py",
+            "alfred_edge/evaluate.py",
+            "alfred_edge/models",
+            "alfred_edge/data/loader.py",
+            "alfred_edge/data/store.py",
+            "alfred_edge/data/vocab.py",
+            "alfred_edge/atomic.py",
+        ),
+    log:
+        "logs/train/{model}.log",
+    threads: workflow.cores
+    resources:
+        disk_mb=get_train_disk_mb,
+        exclusive=1,  # training saturates the CPU: never beside a benchmark
+    script:
+        "../scripts/train.py"

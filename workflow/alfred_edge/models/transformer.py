@@ -68,6 +68,8 @@ class Seq2SeqTransformer(nn.Module):
     def __init__(self, config: dict, vocab_sizes: dict):
         super().__init__()
         a = architecture("transformer", config)
+        if a["d_model"] % a["heads"]:
+            raise ValueError(f"models.transformer: d_model {a['d_model']} is not divisible by heads {a['heads']}")
         self.config = a
         self.kv_cache = a["kv_cache"]
         d = a["d_model"]
