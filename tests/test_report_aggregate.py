@@ -92,3 +92,25 @@ def test_discovery_skips_the_temporary_files_of_unfinished_writes(tmp_path):
     (tmp_path / "host" / "capacity" / "lstm.parquet").write_bytes(b"")
     assert [p.name for p in discover.bench_files(tmp_path)] == ["b1.parquet"]
     assert [p.name for p in discover.bench_files(tmp_path, "capacity")] == ["lstm.parquet"]
+
+
+def test_the_cache_gives_the_same_table_and_follows_changed_and_removed_files(tmp_path):
+    bench, cache = tmp_path / "bench", tmp_path / "cache" / "cells.parquet"
+    host = dataclasses.replace(fx.LAPTOP, models=("lstm",), variants=("fp32", "int8_dynamic"), batches=(1, 2))
+    fx.write_host(bench, host)
+    files = discover.bench_files(bench)
+    fresh = aggregate.aggregate(files, bench)
+    assert aggregate.aggregate(files, bench, cache_path=cache).equals(fresh)
+    assert cache.exists()
+    assert aggregate.aggregate(files, bench, cache_path=cache).equals(fresh)  # served from the cache
+    # A file rewritten with new content is read again; a removed file leaves the table.
+    changed = fx.cell_row(host, "cpu", "lstm", "fp32", 1, np.random.default_rng(9),
+                          dt.datetime(2026, 11, 28, 10, tzinfo=dt.timezone.utc)) | {"latency_p50_ms": 77.0}
+    fx.write("cells", changed, files[0])
+    files[-1].unlink()
+    rows = aggregate.aggregate(discover.bench_files(bench), bench, cache_path=cache).to_pandas()
+    assert len(rows) == len(files) - 1
+    assert 77.0 in set(rows["latency_p50_ms"])
+    # A damaged cache is ignored.
+    cache.write_bytes(b"not parquet")
+    assert aggregate.aggregate(discover.bench_files(bench), bench, cache_path=cache).num_rows == len(files) - 1

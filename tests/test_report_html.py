@@ -145,8 +145,9 @@ def test_figure_panels_put_hosts_side_by_side(two_host_page):
 def test_plot_files_are_written_beside_the_page(two_host_page):
     plot_dir = two_host_page.parent / "plots"
     names = {path.name for path in plot_dir.iterdir()}
-    for key in ("latency", "throughput", "ram", "accuracy", "energy"):
-        assert {f"{key}.png", f"{key}.svg"} <= names
+    assert {f"{key}.png" for key in ("latency", "sample_latency", "throughput", "ram", "energy", "accuracy",
+                                     "roofline", "training")} <= names
+    assert {f"{key}.svg" for key in html.KEY_FIGURES} <= names
     assert (plot_dir / "latency.svg").read_text().lstrip().startswith("<?xml")
 
 

@@ -17,6 +17,8 @@ rule aggregate:
         capacity="reports/capacity.parquet",
     params:
         bench_dir=REPORT_BENCH_DIR,
+        # Rows of files already read, by content digest: not an output, only saves re-parsing.
+        cache="reports/.cache/bench_cells.parquet",
         code=get_code_digest(
             "scripts/aggregate.py",
             "alfred_edge/report/aggregate.py",

@@ -6,7 +6,7 @@ from alfred_edge.report import aggregate
 
 with job_logging(snakemake) as log:  # noqa: F821 (snakemake is injected)
     params, inputs, outputs = snakemake.params, snakemake.input, snakemake.output  # noqa: F821
-    results = aggregate.aggregate(inputs.cells, params.bench_dir, inputs.evals)
+    results = aggregate.aggregate(inputs.cells, params.bench_dir, inputs.evals, params.cache)
     capacity = aggregate.aggregate_capacity(inputs.capacity, params.bench_dir)
     write_parquet(results, outputs.results)
     write_parquet(capacity, outputs.capacity)

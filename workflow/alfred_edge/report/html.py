@@ -21,8 +21,10 @@ log = logging.getLogger("alfred_edge.report")
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE_NAME = "summary.html.j2"
-# Written as SVG too (beside the PNG), for papers and slides.
-KEY_FIGURES = {"latency", "throughput", "ram", "accuracy", "energy"}
+# Written as SVG too (beside the PNG), for papers and slides, while the figure stays small:
+# an SVG holds one element per point, so a sweep of thousands of cells is PNG only.
+KEY_FIGURES = {"latency", "ram", "accuracy"}
+SVG_MAX_CELLS = 2000
 
 
 def empty_table(name: str) -> pd.DataFrame:
@@ -86,7 +88,7 @@ def draw_figures(inputs: ReportInputs, fits: pd.DataFrame, budgets: pd.DataFrame
         figures[name] = Figure(name, title, plots.render_png(fig))
         if plots_dir is not None:
             (plots_dir / f"{name}.png").write_bytes(figures[name].png)
-            if name in KEY_FIGURES:
+            if name in KEY_FIGURES and len(cells) <= SVG_MAX_CELLS:
                 (plots_dir / f"{name}.svg").write_bytes(plots.render_svg(fig))
         plots.close(fig)
     return figures

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 log = logging.getLogger("alfred_edge.report")
 
 SPLITS = ("valid_seen", "valid_unseen")
-# Both tables name a metric "<split>/<metric>" (alfred_edge.evaluate); this one is the
-# teacher-forced action accuracy.
-ACCURACY_METRIC = "action_acc"
+# The columns of an eval table (alfred_edge.quantize.eval_table) the page shows, in order.
+EVAL_COLUMNS = ["model", "variant", "status", "reason", "file_size_mb", "size_ratio"] + [
+    f"{metric}_{split}" for metric in ("accuracy", "action_f1", "action_em", "mask_iou") for split in SPLITS
+] + ["engine", "eval_device"]
 
 
 def read_parquet(path: Path) -> pd.DataFrame:
@@ -35,11 +36,12 @@ def scalar_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_by_split(path: str | Path) -> dict:
-    """{"accuracy_valid_seen": …, "accuracy_valid_unseen": …} from one eval table."""
+    """{"accuracy_valid_seen": …, "accuracy_valid_unseen": …} (teacher-forced action
+    accuracy) from one eval table; absent where the variant was not evaluated."""
     frame = read_parquet(Path(path))
     result = {}
     for split in SPLITS:
-        column = f"{split}/{ACCURACY_METRIC}"
+        column = f"accuracy_{split}"
         if column in frame and frame[column].notna().any():
             result[f"accuracy_{split}"] = float(frame[column].dropna().iloc[0])
     return result
@@ -50,19 +52,19 @@ def model_and_variant(path: Path) -> tuple[str, str]:
 
 
 def read_eval_tables(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Every eval table, one block of rows per (model, variant), with those two columns first."""
+    """Every eval table's row, in the columns EVAL_COLUMNS it has (model and variant from
+    the path)."""
     frames = []
     for path in map(Path, paths):
-        frame = scalar_columns(read_parquet(path))
+        frame = read_parquet(path)
         if frame.empty:
             continue
         model, variant = model_and_variant(path)
-        frame = frame.drop(columns=[c for c in ("model", "variant") if c in frame])
         frames.append(frame.assign(model=model, variant=variant))
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True, sort=False)
-    return table[["model", "variant"] + [c for c in table.columns if c not in ("model", "variant")]]
+    return table[[c for c in EVAL_COLUMNS if c in table]]
 
 
 def read_training(paths: Iterable[str | Path]) -> pd.DataFrame:

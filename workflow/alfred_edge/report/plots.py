@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import matplotlib.collections  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -111,15 +112,36 @@ def ok_cells(cells: pd.DataFrame, column: str) -> pd.DataFrame:
     return cells[(cells["status"] == "ok") & cells[column].notna()]
 
 
-def series_in(panel: pd.DataFrame):
-    """(model, variant, features, rows by batch) for each line of a panel."""
-    groups = panel.fillna({"features": DEFAULT_FEATURES}).groupby(["model", "variant", "features"], sort=True)
-    for (model, variant, features), rows in groups:
-        yield model, variant, features, rows.sort_values("batch_size")
+def marker_size(points: int) -> float:
+    """Markers on short lines only: on a long sweep they hide the line and slow the drawing."""
+    return 4 if points <= 16 else 0
+
+
+def panels_of(rows: pd.DataFrame) -> dict:
+    """{(host, device): [(model, variant, features, rows by batch), …]} from one groupby, in
+    host order (a groupby per panel costs more than drawing it)."""
+    rows = rows.fillna({"features": DEFAULT_FEATURES}).sort_values("batch_size", kind="stable")
+    panels = {}
+    for (host, device, model, variant, features), line in rows.groupby(
+        ["host", "device", "model", "variant", "features"], sort=True
+    ):
+        panels.setdefault((host, device), []).append((model, variant, features, line))
+    return panels
+
+
+def batches_of(lines) -> pd.Series:
+    return pd.concat([line["batch_size"] for *_, line in lines])
+
+
+def log_y(ax) -> None:
+    """Log y without minor ticks (they crowd the axis and cost most of the drawing)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def batch_axis(ax, batches) -> None:
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ticks = sorted(set(int(b) for b in batches))
     if len(ticks) <= 10:
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -127,29 +149,32 @@ def batch_axis(ax, batches) -> None:
     ax.grid(True, which="major", alpha=0.3)
 
 
-def per_panel_lines(cells, column, title, ylabel, log_y=True, whiskers=False, ):
-    """One panel per host/device with `column` against batch, one line per model/variant."""
+def per_panel_lines(cells, column, title, ylabel, log_scale=True, whiskers=False):
+    """One panel per host/device with `column` against batch, one line per model/variant;
+    with whiskers, from p50 to p90 (thick) and p99 (thin), all of a panel in two collections."""
     rows = ok_cells(cells, column)
-    keys = panel_keys(rows)
-    if not keys:
+    panels = panels_of(rows)
+    if not panels:
         return None
     styles = Styles(rows)
-    fig, axes = panel_grid(len(keys))
-    for ax, (host, device) in zip(axes, keys):
-        panel = rows[(rows["host"] == host) & (rows["device"] == device)]
-        for index, (model, variant, features, line) in enumerate(series_in(panel)):
+    fig, axes = panel_grid(len(panels))
+    for ax, ((host, device), series) in zip(axes, panels.items()):
+        whisker_segments = {"latency_p90_ms": ([], [], 1.2), "latency_p99_ms": ([], [], 0.6)}
+        for index, (model, variant, features, line) in enumerate(series):
             # A small horizontal offset per line keeps whiskers of equal batches apart.
             x = line["batch_size"].to_numpy(float) * 2 ** ((index - 2) * 0.03)
             y = line[column].to_numpy(float)
-            ax.plot(x, y, ms=4, lw=1.2, **styles.line_kwargs(model, variant, features))
-            if whiskers:
-                for upper, width in (("latency_p90_ms", 1.2), ("latency_p99_ms", 0.6)):
-                    top = line[upper].to_numpy(float)
-                    ax.vlines(x, y, np.where(np.isnan(top), y, top), colors=styles.colour[variant], lw=width)
-        batch_axis(ax, panel["batch_size"])
-        if log_y:
-            ax.set_yscale("log")
-        ax.set_title(panel_title(host, device), fontsize=10)
+            ax.plot(x, y, ms=marker_size(len(x)), lw=1.2, **styles.line_kwargs(model, variant, features))
+            for upper, (segments, colours, _) in whisker_segments.items() if whiskers else ():
+                segments += [((a, b), (a, c)) for a, b, c in zip(x, y, line[upper].to_numpy(float)) if np.isfinite(c)]
+                colours += [styles.colour[variant]] * (len(segments) - len(colours))
+        for segments, colours, width in whisker_segments.values():
+            if segments:
+                ax.add_collection(matplotlib.collections.LineCollection(segments, colors=colours, linewidths=width))
+        batch_axis(ax, batches_of(series))
+        if log_scale:
+            log_y(ax)
+        ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
     axes[0].set_ylabel(ylabel)
     finish(fig, axes, title)
     return fig
@@ -181,23 +206,23 @@ def energy_figure(cells, reasons: dict[str, str]):
     keys = panel_keys(cells[cells["status"] == "ok"])
     if not keys:
         return None
-    rows = ok_cells(cells, "energy_per_sample_j")
+    panels = panels_of(ok_cells(cells, "energy_per_sample_j"))
     styles = Styles(cells[cells["status"] == "ok"])
     fig, axes = panel_grid(len(keys))
     for ax, (host, device) in zip(axes, keys):
-        panel = rows[(rows["host"] == host) & (rows["device"] == device)]
-        ax.set_title(panel_title(host, device), fontsize=10)
-        if panel.empty:
+        series = panels.get((host, device))
+        ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
+        if not series:
             reason = reasons.get(host) or "no power readings"
             ax.text(0.5, 0.5, "power not measured:\n" + wrap(reason, 40), ha="center", va="center",
                     transform=ax.transAxes, fontsize=8, color="#555")
             ax.set_xticks([])
             continue
-        for model, variant, features, line in series_in(panel):
-            ax.plot(line["batch_size"], line["energy_per_sample_j"], ms=4, lw=1.2,
+        for model, variant, features, line in series:
+            ax.plot(line["batch_size"], line["energy_per_sample_j"], ms=marker_size(len(line)), lw=1.2,
                     **styles.line_kwargs(model, variant, features))
-        batch_axis(ax, panel["batch_size"])
-        ax.set_yscale("log")
+        batch_axis(ax, batches_of(series))
+        log_y(ax)
     axes[0].set_ylabel("J per sample")
     finish(fig, axes, "Energy per sample")
     return fig
@@ -214,25 +239,26 @@ def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
     host, device, model, variant, features, fit_slope_mb_per_sample, fit_intercept_mb) and
     the RAM budgets of each host (host, budget, budget_mb)."""
     rows = ok_cells(cells, "peak_rss_mb")
-    keys = panel_keys(rows)
-    if not keys:
+    panels = panels_of(rows)
+    if not panels:
         return None
     styles = Styles(rows)
-    fits = fits.set_index(["host", "device", "model", "variant", "features"]) if not fits.empty else fits
-    fig, axes = panel_grid(len(keys), sharey=False)
-    for ax, (host, device) in zip(axes, keys):
-        panel = rows[(rows["host"] == host) & (rows["device"] == device)]
-        xs = np.geomspace(1.0, float(panel["batch_size"].max()), 24)  # straight lines curve on a log axis
-        for model, variant, features, line in series_in(panel):
-            ax.scatter(line["batch_size"], line["peak_rss_mb"], s=14, **styles.kwargs(model, variant, features))
-            key = (host, device, model, variant, features)
-            if not fits.empty and key in fits.index:
-                fit = fits.loc[[key]].iloc[0]
-                ax.plot(xs, fit["fit_intercept_mb"] + fit["fit_slope_mb_per_sample"] * xs,
-                        color=styles.colour[variant], lw=0.9, ls="--")
-        draw_budgets(ax, budgets[budgets["host"] == host], float(panel["peak_rss_mb"].max()))
-        batch_axis(ax, panel["batch_size"])
-        ax.set_title(panel_title(host, device), fontsize=10)
+    lines_of = {tuple(fit[:5]): fit[5:] for fit in fits[
+        ["host", "device", "model", "variant", "features", "fit_intercept_mb", "fit_slope_mb_per_sample"]
+    ].itertuples(index=False)}
+    fig, axes = panel_grid(len(panels), sharey=False)
+    for ax, ((host, device), series) in zip(axes, panels.items()):
+        batches = batches_of(series)
+        xs = np.geomspace(1.0, float(batches.max()), 24)  # straight lines curve on a log axis
+        for model, variant, features, line in series:
+            ax.plot(line["batch_size"], line["peak_rss_mb"], ls="none", ms=4, **styles.kwargs(model, variant, features))
+            if (host, device, model, variant, features) in lines_of:
+                intercept, slope = lines_of[(host, device, model, variant, features)]
+                ax.plot(xs, intercept + slope * xs, color=styles.colour[variant], lw=0.9, ls="--")
+        peak = max(float(line["peak_rss_mb"].max()) for *_, line in series)
+        draw_budgets(ax, budgets[budgets["host"] == host], peak)
+        batch_axis(ax, batches)
+        ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
     axes[0].set_ylabel("peak RSS (MB)")
     finish(fig, axes, "Peak RAM against batch: measured (points), fitted (dashed), budgets (dotted)")
     return fig
@@ -259,24 +285,23 @@ def accuracy_figure(cells):
     """Accuracy against batch-1 latency per sample, marker area ∝ file size, per host/device."""
     rows = ok_cells(cells, "accuracy_valid_seen")
     rows = rows[(rows["batch_size"] == 1) & rows["sample_latency_p50_ms"].notna()]
-    keys = panel_keys(rows)
-    if not keys:
+    if rows.empty:
         return None
     styles = Styles(rows)
-    fig, axes = panel_grid(len(keys))
+    groups = rows.groupby(["host", "device"], sort=True)
+    fig, axes = panel_grid(groups.ngroups)
     largest = float(rows["model_file_mb"].max()) if rows["model_file_mb"].notna().any() else 1.0
-    for ax, (host, device) in zip(axes, keys):
-        panel = rows[(rows["host"] == host) & (rows["device"] == device)]
+    for ax, ((host, device), panel) in zip(axes, groups):
         for row in panel.itertuples():
             size = 30 + 300 * (row.model_file_mb / largest if pd.notna(row.model_file_mb) else 0)
             ax.scatter(row.sample_latency_p50_ms, row.accuracy_valid_seen * 100, s=size, alpha=0.7,
                        **styles.kwargs(row.model, row.variant, row.features))
             ax.annotate(row.variant, (row.sample_latency_p50_ms, row.accuracy_valid_seen * 100),
                         fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.set_xscale("log")
+        ax.set_xlim(left=0)
         ax.set_xlabel("ms per sample at batch 1")
         ax.grid(True, alpha=0.3)
-        ax.set_title(panel_title(host, device), fontsize=10)
+        ax.set_title(panel_title(host, device), fontsize=10, y=1.0)
     axes[0].set_ylabel("action accuracy, valid_seen (%)")
     finish(fig, axes, "Accuracy against latency (marker area ∝ file size)")
     return fig
@@ -303,7 +328,7 @@ def training_figure(curves: pd.DataFrame):
             ax.grid(True, alpha=0.3)
             if columns:
                 ax.legend(fontsize=7)
-        axes[0, column_index].set_title(model)
+        axes[0, column_index].set_title(model, y=1.0)
     fig.suptitle("Training curves")
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.09, hspace=0.35, wspace=0.25)
     return fig

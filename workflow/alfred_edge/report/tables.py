@@ -93,7 +93,7 @@ def headline(cells: pd.DataFrame, budgets: pd.DataFrame) -> list[dict]:
             {"cell": f"{row['model']} {row['variant']}",
              "value": f"{fmt(row['accuracy_valid_seen'] * 100)} % at {fmt(row['sample_latency_p50_ms'])} ms",
              "budgets": fits_budgets(row, budgets)}
-            for _, row in pareto_front(scored).iterrows()
+            for row in pareto_front(scored).to_dict("records")
         ]
         result.append(entry)
     return result
@@ -112,20 +112,21 @@ def ram_fits(capacity: pd.DataFrame) -> pd.DataFrame:
 def capacity_rows(capacity: pd.DataFrame) -> tuple[list[str], list[dict]]:
     """One row per series, one column per budget name: the largest batch the fit predicts,
     and the one measured where the harness measured that budget."""
-    budgets = list(dict.fromkeys(capacity.sort_values("budget_mb")["budget_name"].dropna()))
-    rows = []
-    for key, group in capacity.groupby(SERIES, sort=True, dropna=False):
-        first = group.iloc[0]
-        row = {"series": " · ".join(fmt(part) for part in key), "points": fmt(first["fit_points"]),
-               "slope": fmt(first["fit_slope_mb_per_sample"]), "intercept": fmt(first["fit_intercept_mb"]),
-               "errors": "; ".join(group["error"].dropna().unique()), "budgets": {}}
-        for entry in group.itertuples():
-            text = f"{fmt(entry.predicted_max_batch)} ({fmt(entry.budget_mb / 1e3)} GB)"
-            if entry.measured is True:
-                text += f", measured {fmt(entry.measured_max_batch)}"
-            row["budgets"][entry.budget_name] = text
-        rows.append(row)
-    return budgets, rows
+    records = sorted(capacity.to_dict("records"), key=lambda r: tuple(str(r[c]) for c in SERIES) + (r["budget_mb"],))
+    budgets = list(dict.fromkeys(r["budget_name"] for r in sorted(records, key=lambda r: r["budget_mb"])))
+    rows = {}
+    for entry in records:
+        series = " · ".join(fmt(entry[c]) for c in SERIES)
+        row = rows.setdefault(series, {
+            "series": series, "points": fmt(entry["fit_points"]), "slope": fmt(entry["fit_slope_mb_per_sample"]),
+            "intercept": fmt(entry["fit_intercept_mb"]), "errors": "", "budgets": {}})
+        text = f"{fmt(entry['predicted_max_batch'])} ({fmt(entry['budget_mb'] / 1e3)} GB)"
+        if entry["measured"] is True:
+            text += f", measured {fmt(entry['measured_max_batch'])}"
+        row["budgets"][entry["budget_name"]] = text
+        if pd.notna(entry["error"]) and entry["error"] not in row["errors"]:
+            row["errors"] = "; ".join(filter(None, [row["errors"], entry["error"]]))
+    return budgets, list(rows.values())
 
 
 def power_by_host(cells: pd.DataFrame) -> list[dict]:
@@ -153,7 +154,7 @@ def power_cells(cells: pd.DataFrame) -> list[dict]:
         {"host": row["host"], "device": row["device"], "cell": cell_name(row), "idle": fmt(row["idle_power_w"]),
          "mean": fmt(row["mean_power_w"]), "energy": fmt(row["energy_per_sample_j"]),
          "above_idle": fmt(row["energy_per_sample_above_idle_j"]), "method": fmt(row["power_method"])}
-        for _, row in measured.iterrows()
+        for row in measured.to_dict("records")
     ]
 
 
@@ -164,7 +165,7 @@ def leaks(cells: pd.DataFrame) -> tuple[int, list[dict]]:
     return len(checked), [
         {"host": row["host"], "device": row["device"], "cell": cell_name(row),
          "slope": fmt(row["leak_rss_slope_mb_per_iter"]), "iterations": fmt(row["iterations"])}
-        for _, row in flagged.iterrows()
+        for row in flagged.to_dict("records")
     ]
 
 
@@ -183,7 +184,7 @@ def failures(cells: pd.DataFrame) -> list[dict]:
     bad = cells[cells["status"] != "ok"].fillna({"error": "(no reason recorded)", "device": "–"})
     result = []
     for (host, device, status, reason), group in bad.groupby(["host", "device", "status", "error"], sort=True):
-        names = [cell_name(row) if pd.notna(row["batch_size"]) else str(row["source_file"]) for _, row in group.iterrows()]
+        names = [cell_name(row) if pd.notna(row["batch_size"]) else str(row["source_file"]) for row in group.to_dict("records")]
         result.append({"host": host, "device": device, "status": status, "reason": reason,
                        "count": len(names), "cells": ", ".join(names[:12]) + (" …" if len(names) > 12 else "")})
     return result

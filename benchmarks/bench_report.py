@@ -1,0 +1,96 @@
+"""Aggregation + rendering of 10,000 result rows (goal: ≤ 20 s on the 2-core dev machine).
+
+Writes 25 hosts × 2 devices × 2 models × 4 variants × 25 batch sizes = 10,000 benchmark
+files (one row each, as the bench rule writes them) into a temporary folder, then times:
+  - aggregation, first run (every file parsed) and rerun after one new file arrives (rows of
+    unchanged files from the content-keyed cache, as the aggregate rule runs it);
+  - rendering of summary.html and the plot files from the 10,000-row results table.
+Usage: python benchmarks/bench_report.py [--hosts 25] [--batches 25] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the report tests' realistic fixture writer
+
+import report_fixtures as fx  # noqa: E402
+from alfred_edge.atomic import write_parquet  # noqa: E402
+from alfred_edge.report import aggregate, discover, html, inputs  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=25)
+    parser.add_argument("--batches", type=int, default=25)
+    parser.add_argument("--keep", type=Path, help="write here and keep (default: a temporary folder)")
+    args = parser.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench-report-"))
+    bench, reports = root / "reports" / "bench", root / "reports"
+    try:
+        started = time.perf_counter()
+        cells = 0
+        for index in range(args.hosts):
+            host = dataclasses.replace(
+                fx.JETSON if index % 2 else fx.LAPTOP, folder=f"board{index:02d}", name=f"board{index:02d}",
+                devices=("cpu", "cuda"), batches=tuple(range(1, args.batches + 1)), speed=1.0 + index / 10,
+            )
+            cells += fx.write_host(bench, host, seed=index)
+        evals, trains = fx.write_model_tables(root / "models")
+        print(f"wrote {cells} benchmark files in {time.perf_counter() - started:.1f} s")
+
+        files = discover.bench_files(bench)
+        cache = reports / ".cache" / "bench_cells.parquet"
+        first = timed(lambda: aggregate.aggregate(files, bench, evals, cache))
+        now = dt.datetime.now(dt.timezone.utc)
+        extra = fx.cell_row(fx.LAPTOP, "cpu", "lstm", "fp32", 1, np.random.default_rng(0), now)
+        fx.write("cells", extra | {"host": "board00"}, bench / "board00" / "cells" / "rerun" / "b1.parquet")
+        files = discover.bench_files(bench)
+        results, rerun_s = timed(lambda: aggregate.aggregate(files, bench, evals, cache))
+        capacity, capacity_s = timed(lambda: aggregate.aggregate_capacity(discover.bench_files(bench, "capacity"), bench))
+        write_parquet(results, reports / "results.parquet")
+        write_parquet(capacity, reports / "capacity.parquet")
+
+        def render():
+            report = html.ReportInputs(
+                cells=aggregate.read_results(reports / "results.parquet"),
+                capacity=aggregate.read_results(reports / "capacity.parquet"),
+                quantization=inputs.read_eval_tables(evals), training=inputs.read_training(trains),
+                storage_plan_text=fx.STORAGE_PLAN, storage_budget_gb=16.0,
+                ram_budgets_gb={"jetson-4gb": 4.0, "jetson-8gb": 8.0, "host": "auto"},
+            )
+            html.write_summary(report, reports / "summary.html", reports / "plots")
+
+        _, render_s = timed(render)
+        print(f"results rows: {results.num_rows} (from {len(files)} files), capacity rows: {capacity.num_rows}")
+        print(f"aggregation, first run (every file parsed):      {first[1]:6.1f} s")
+        print(f"aggregation, rerun after one new file (cached):  {rerun_s:6.1f} s")
+        print(f"capacity table ({len(discover.bench_files(bench, 'capacity'))} files):{capacity_s:18.1f} s")
+        print(f"rendering summary.html + plots:                   {render_s:6.1f} s "
+              f"(page {(reports / 'summary.html').stat().st_size / 1e6:.1f} MB)")
+        total = rerun_s + capacity_s + render_s
+        print(f"aggregation + rendering (rerun):                  {total:6.1f} s  (goal ≤ 20 s: "
+              f"{'met' if total <= 20 else 'NOT met'})")
+        print(f"aggregation + rendering (first run):              {first[1] + capacity_s + render_s:6.1f} s")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def timed(call):
+    started = time.perf_counter()
+    value = call()
+    return value, time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    main()
