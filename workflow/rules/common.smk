@@ -135,35 +135,23 @@ _warn_if_over_budget()
 
 
 # --- report ---
-# The aggregation reads this host's benchmark files (outputs of the bench rules, at the paths
-# results.schema.yaml gives) and every other host's files present under reports/bench/<host>/
-# when the workflow is parsed, so a file copied in changes the aggregate's input set and
-# reruns only aggregate and summary.
-from alfred_edge.bench.environment import host_name as bench_host_name
+# The aggregation reads this host's benchmark files (outputs of the bench rules:
+# get_bench_outputs, "# --- bench ---") and every other host's files present under
+# reports/bench/<host>/ when the workflow is parsed, so a file copied in changes the
+# aggregate's input set and reruns only aggregate and summary.
 from alfred_edge.report import discover as report_discover
 
 REPORT_BENCH_DIR = "reports/bench"
-REPORT_HOST = bench_host_name(config["bench"].get("host"))
 
 
 def get_report_bench_files(table):
     """Files of one benchmark table ("cells" or "capacity") for the aggregation."""
-    bench = config["bench"]
-    own = expand(
-        report_discover.path_pattern(table),
-        host=REPORT_HOST,
-        model=sorted(config["models"]),
-        variant=config["quantize"]["variants"],
-        device=bench.get("devices", ["cpu"]),
-        features=bench.get("features", ["mmap"]),
-        batch=bench.get("batches", [1]),
-    )
     others = [
         str(path)
         for path in report_discover.bench_files(REPORT_BENCH_DIR, table)
-        if report_discover.host_of(path, REPORT_BENCH_DIR) != REPORT_HOST
+        if report_discover.host_of(path, REPORT_BENCH_DIR) != BENCH_HOST
     ]
-    return sorted(set(own)) + others
+    return get_bench_outputs(table) + others
 
 
 def get_report_eval_files():

@@ -2,10 +2,7 @@
 time to pick up files copied in from other hosts."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-RESULTS_SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "results.schema.yaml"
 
 # Sub-folder of reports/bench/<host>/ per benchmark table (the paths in results.schema.yaml).
 TABLE_FOLDERS = {"cells": "cells", "capacity": "capacity", "roofline": "roofline"}
@@ -26,8 +23,3 @@ def host_of(path: str | Path, bench_dir: str | Path) -> str:
     """The host folder a benchmark file lies in."""
     return Path(path).relative_to(bench_dir).parts[0]
 
-
-def path_pattern(table: str) -> str:
-    """The file pattern of a benchmark table, e.g. reports/bench/{host}/cells/…/b{batch}.parquet
-    (results.schema.yaml, read with json: pyarrow is too slow to import at parse time)."""
-    return json.loads(RESULTS_SCHEMA.read_text())["tables"][table]["path"]
