@@ -358,8 +358,9 @@ def manifest_rows(specs: list[TrajectorySpec]) -> list[dict]:
 
 
 def write_tree(specs: list[TrajectorySpec], nav_steps: tuple[int, int], root: Path,
-               splits_path: Path, progress: bool = True) -> None:
-    """Write the json_feat tree and the splits file (each file atomically)."""
+               splits_path: Path | None, progress: bool = True) -> None:
+    """Write the trajectories' folders under root and (unless None) the splits file, each
+    file atomically."""
     import torch
     from tqdm import tqdm
 
@@ -371,4 +372,5 @@ def write_tree(specs: list[TrajectorySpec], nav_steps: tuple[int, int], root: Pa
         atomic.write_text(folder / "traj_data.json", json_text(data))
         with atomic.atomic_path(folder / "feat_conv.pt") as tmp:
             torch.save(torch.from_numpy(features(spec, cues)), tmp)
-    atomic.write_text(splits_path, json.dumps(splits_file(specs), indent=1))
+    if splits_path is not None:
+        atomic.write_text(splits_path, json.dumps(splits_file(specs), indent=1))
