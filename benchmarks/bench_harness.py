@@ -106,7 +106,8 @@ def cell(models: Path, store: Path, out: Path, variant: str, batch: int, args, t
     print(f"  {tag:<22} p50 {row['latency_p50_ms']:9.1f} ms  step p50 {row['step_latency_p50_ms']:8.2f} ms  "
           f"per-sample {row['sample_latency_p50_ms']:9.1f} ms  n={row['iterations']:3d} steps={row['steps_per_episode']}  "
           f"peak RSS {row['peak_rss_mb']:6.0f} MB (inference {row['peak_rss_inference_mb']:6.0f} MB)  "
-          f"gap {row['harness_gap_fraction'] * 100:+.2f} %  iqr/p50 {row['spread_iqr_ratio']:.2f}", flush=True)
+          f"gap {row['harness_gap_fraction'] * 100:+.2f} %  iqr/p50 {row['spread_iqr_ratio']:.2f}  "
+          f"CPU p50 {row['cpu_time_p50_ms']:8.1f} ms (utilization {row['cpu_utilization']:.2f})", flush=True)
     return row
 
 
@@ -165,6 +166,19 @@ def main() -> int:
     spread = max(abs(p / np.median(p50s) - 1) for p in p50s)
     print(f"5. the fp32 b1 cell {len(p50s)}x: p50 {', '.join(f'{p:.1f}' for p in p50s)} ms: max deviation from their "
           f"median {spread * 100:.1f} % (goal within 10 %)")
+    # The same comparisons in process CPU time, which other work on a shared machine disturbs
+    # far less than wall time (with one thread: the time the cell's work took on a core).
+    def cpu_median(tag, per):
+        return float(np.median([r[tag]["cpu_time_p50_ms"] / per(r[tag]) for r in rounds]))
+
+    per_sample = lambda row: row["batch_size"]  # noqa: E731
+    per_step = lambda row: row["steps_per_episode"]  # noqa: E731
+    cpu_ratio = cpu_median("fp32_b8", per_sample) / cpu_median("fp32_b1", per_sample)
+    cpu_speedup = cpu_median("fp32_b1", per_step) / cpu_median("int8_b1", per_step)
+    cpu_p50s = [r["fp32_b1"]["cpu_time_p50_ms"] for r in rounds]
+    cpu_spread = max(abs(p / np.median(cpu_p50s) - 1) for p in cpu_p50s)
+    print(f"CPU time: 2. per-sample b8/b1 = {cpu_ratio:.3f}; 4. int8_dynamic step speed-up = {cpu_speedup:.2f}x; "
+          f"5. fp32 b1 CPU p50 {', '.join(f'{p:.1f}' for p in cpu_p50s)} ms: max deviation {cpu_spread * 100:.1f} %")
     rows = [row for r in rounds for row in r.values()] + [big]
     lstm_gap = max(abs(row["harness_gap_fraction"]) for row in rows)
     print(f"1b. lstm cells: summed latencies within {lstm_gap * 100:.2f} % of the loop's wall time")

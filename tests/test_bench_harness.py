@@ -87,3 +87,20 @@ def test_capacity_fit_and_prediction():
     assert capacity.predict_max_batch(capacity.fit_peak_ram(rows[:1]), 4000) is None
     assert capacity.search_batches(20, 2.0) == [1, 2, 4, 8, 16]
     assert capacity.budgets_mb({"a": 4.0, "host": "auto"})["a"] == 4000.0
+
+
+def test_cpu_time_separates_work_from_waiting():
+    settings = harness.LoopSettings(min_iterations=3, min_duration_s=0, max_duration_s=5, warmup_iterations=0)
+
+    def busy():
+        end = time.perf_counter() + 0.02
+        while time.perf_counter() < end:
+            pass
+
+    sleeping = harness.timed_loop(lambda: time.sleep(0.02), lambda: None, settings)
+    working = harness.timed_loop(busy, lambda: None, settings)
+    assert len(sleeping.cpu_s) == len(sleeping.latencies_s) == 3
+    slept = harness.latency_stats(sleeping.latencies_s, sleeping.loop_wall_s, 1, 1, sleeping.cpu_s)
+    worked = harness.latency_stats(working.latencies_s, working.loop_wall_s, 1, 1, working.cpu_s)
+    assert slept["cpu_utilization"] < 0.2 < worked["cpu_utilization"]
+    assert worked["cpu_time_p50_ms"] <= worked["latency_p50_ms"] * 1.05

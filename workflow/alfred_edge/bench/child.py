@@ -126,7 +126,8 @@ def measure_cell(spec: dict, torch) -> dict:
         result, window = sampler.measure(lambda: timed_loop(workload.run_batch, workload.sync, loop, trace))
     sampler.close()
 
-    stats = latency_stats(result.latencies_s, result.loop_wall_s, spec["batch_size"], workload.steps_per_episode)
+    stats = latency_stats(result.latencies_s, result.loop_wall_s, spec["batch_size"], workload.steps_per_episode,
+                          result.cpu_s)
     row.update(stats)
     row.update(workload.info())
     encode_s = workload.encode_times_s[n_before:]

@@ -44,6 +44,7 @@ class LoopSettings:
 class LoopResult:
     latencies_s: np.ndarray   # one per timed iteration
     loop_wall_s: float        # from before the first to after the last iteration
+    cpu_s: np.ndarray         # process CPU time (all threads) of each iteration
 
 
 def time_call(fn: Callable[[], object], sync: Callable[[], None]) -> float:
@@ -61,15 +62,17 @@ def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: Lo
     or settings.max_duration_s has passed. `after_iteration` (e.g. an RSS reading) runs
     outside the timed region but inside the loop's wall time."""
     min_ns, max_ns = settings.min_duration_s * 1e9, settings.max_duration_s * 1e9
-    latencies = []
+    latencies, cpu = [], []
     sync()
     loop_start = time.perf_counter_ns()
     while True:
+        cpu_start = time.process_time_ns()
         sync()
         start = time.perf_counter_ns()
         run()
         sync()
         end = time.perf_counter_ns()
+        cpu.append(time.process_time_ns() - cpu_start)
         latencies.append(end - start)
         after_iteration()
         elapsed = end - loop_start
@@ -77,12 +80,19 @@ def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: Lo
             break
     sync()
     loop_wall_ns = time.perf_counter_ns() - loop_start
-    return LoopResult(np.asarray(latencies, dtype=float) * 1e-9, loop_wall_ns * 1e-9)
+    return LoopResult(np.asarray(latencies, dtype=float) * 1e-9, loop_wall_ns * 1e-9, np.asarray(cpu, dtype=float) * 1e-9)
 
 
-def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_episode: int) -> dict:
-    """The timing columns of a cell row (names and units as in results.schema.yaml)."""
+def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_episode: int, cpu_s=None) -> dict:
+    """The timing columns of a cell row (names and units as in results.schema.yaml).
+    cpu_s: process CPU time per iteration; with it, the CPU-time columns, which a machine
+    shared with other work disturbs far less than the wall-clock latency."""
     lat_ms = np.asarray(latencies_s, dtype=float) * 1e3
+    cpu = {}
+    if cpu_s is not None:
+        cpu_ms = np.asarray(cpu_s, dtype=float) * 1e3
+        cpu = {"cpu_time_p50_ms": float(np.median(cpu_ms)), "cpu_time_mean_ms": float(cpu_ms.mean()),
+               "cpu_utilization": float(cpu_ms.sum() / lat_ms.sum()) if lat_ms.sum() > 0 else None}
     n = len(lat_ms)
     p25, p50, p75, p90, p95, p99 = np.percentile(lat_ms, [25, 50, 75, 90, 95, 99])
     mean = float(lat_ms.mean())
@@ -113,4 +123,5 @@ def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_ep
         "spread_iqr_ratio": iqr / float(p50) if p50 > 0 else None,
         "flag_wide_spread": bool(p50 > 0 and iqr / float(p50) >= WIDE_SPREAD),
         "latencies_ms": lat_ms.tolist(),
+        **cpu,
     }
