@@ -9,9 +9,10 @@
 
     python benchmarks/bench_harness.py [--models DIR] [--store DIR] [--threads N]
 
-Models: models/<model>/{fp32,int8_dynamic}.pt when the pipeline has trained them, else
+Models: models/lstm/{fp32,int8_dynamic}.pt when the pipeline has trained them, else
 freshly initialised ones built from config/config.yaml into a temporary folder (latency and
-memory do not depend on the weights' values). Store: data/store/valid_seen (run
+memory do not depend on the weights' values); --alfred-size builds ALFRED's full-size lstm
+(demb 100, dhid 512, dframe 2500: the model of the manual Jetson runs). Store: data/store/valid_seen (run
 `snakemake --cores 2 data/store/valid_seen` first)."""
 from __future__ import annotations
 
@@ -48,16 +49,22 @@ def identity_overhead(iterations: int = 20000) -> dict:
             "gap_fraction": 1 - result.latencies_s.sum() / result.loop_wall_s}
 
 
-def build_models(config_path: Path, vocab_path: Path, out_dir: Path) -> Path:
-    """Untrained lstm fp32 and int8_dynamic files (the pipeline's format)."""
+ALFRED_LSTM = {"demb": 100, "dhid": 512, "dframe": 2500}  # seq2seq_im_mask as ALFRED trains it
+
+
+def build_models(config_path: Path, vocab_path: Path, out_dir: Path, alfred_size: bool) -> Path:
+    """Untrained lstm fp32 and int8_dynamic files (the pipeline's format): the config's lstm,
+    or ALFRED's sizes (what the manual Jetson runs measured)."""
     import yaml
 
     from alfred_edge import quantize
     from alfred_edge.models import build_model, model_record, save_model
 
-    config = yaml.safe_load(config_path.read_text())
+    config = yaml.safe_load(config_path.read_text())["models"]["lstm"]
+    if alfred_size:
+        config = {**config, **ALFRED_LSTM}
     vocab = json.loads(vocab_path.read_text())
-    model = build_model("lstm", config["models"]["lstm"], vocab).eval()
+    model = build_model("lstm", config, vocab).eval()
     save_model(model, out_dir / "lstm" / "fp32.pt")
     quantize.save_variant(quantize.make_variant(model, "int8_dynamic"), "int8_dynamic", model_record(model),
                           out_dir / "lstm" / "int8_dynamic.pt")
@@ -121,6 +128,8 @@ def main() -> int:
     parser.add_argument("--min-duration-s", type=float, default=2.0)
     parser.add_argument("--max-duration-s", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--alfred-size", action="store_true",
+                        help=f"build the lstm with ALFRED's sizes {ALFRED_LSTM} instead of the config's")
     args = parser.parse_args()
     if not (args.store / "meta.json").exists():
         raise SystemExit(f"{args.store}: no store; run `snakemake --cores 2 {args.store.relative_to(REPO)}` first")
@@ -134,10 +143,13 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-harness-") as tmp:
         tmp = Path(tmp)
-        models = args.models or (REPO / "models" if (REPO / "models" / "lstm" / "int8_dynamic.pt").exists() else None)
+        models = args.models
+        if models is None and not args.alfred_size and (REPO / "models" / "lstm" / "int8_dynamic.pt").exists():
+            models = REPO / "models"
         if models is None:
-            models = build_models(REPO / "config" / "config.yaml", args.store.parent / "vocab.json", tmp / "models")
-            print(f"(untrained lstm files built in {models})")
+            models = build_models(REPO / "config" / "config.yaml", args.store.parent / "vocab.json", tmp / "models",
+                                  args.alfred_size)
+            print(f"(untrained lstm files built in {models}{' with ALFRED sizes' if args.alfred_size else ''})")
         out = tmp / "cells"
         print(f"2-5. lstm cells on the CPU, {args.threads} threads, max_steps {args.max_steps}, each its own process; "
               f"{args.rounds} rounds of (fp32 b1, fp32 b8, int8_dynamic b1), interleaved so that a change in the "
