@@ -54,8 +54,8 @@ class StoreDataset(Dataset):
         """float32 [n_frames, 512, 7, 7] of one trajectory (reads only its rows)."""
         if self._frames is None:
             self._frames = store.open_frames(self.store_dir)
-            if self.meta["dtype"] == "uint8":
-                self._scales = np.load(self.store_dir / store.SCALES, mmap_mode="r")
+        if self._scales is None and self.meta["dtype"] == "uint8":
+            self._scales = np.load(self.store_dir / store.SCALES, mmap_mode="r")
         start = int(self._offsets[traj_idx])
         rows = self._frames[start:start + int(self._lengths[traj_idx])]
         scale = None if self._scales is None else np.asarray(self._scales[traj_idx])
