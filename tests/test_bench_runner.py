@@ -36,6 +36,7 @@ def test_ok_cell_row_holds_what_was_measured(tmp_path):
     assert written["num_threads"] == 1 and written["torch_version"] == torch.__version__
     assert written["peak_rss_mb"] >= written["peak_rss_inference_mb"] > written["rss_baseline_mb"] > 0
     assert written["flops_per_step"] > 0
+    assert 0 < written["cpu_time_s"] and written["cpu_time_p50_ms"] > 0
     assert written["power_method"] != "none" or written["power_unavailable_reason"]
     assert written["settings_digest"] and '"batch_size":3' in written["settings_json"]
 
@@ -109,7 +110,7 @@ def _python(code):
 def test_watch_ends_a_child_at_the_timeout():
     status, rusage, ended_by, _ = runner._watch(_python("import time; time.sleep(60)"), timeout_s=0.5, ram_limit_mb=None)
     assert ended_by == "timeout"
-    cols = runner.exit_columns(runner.ChildExit(-15, None, 1.0, 0.5, ended_by), 0.5, None)
+    cols = runner.exit_columns(runner.ChildExit(-15, None, 1.0, 0.5, ended_by=ended_by), 0.5, None)
     assert cols["status"] == "timeout" and "0.5 s" in cols["error"]
 
 
@@ -117,7 +118,7 @@ def test_watch_ends_a_child_that_passes_the_ram_limit():
     code = "import time\nblocks = []\nwhile True:\n    blocks.append(bytearray(20_000_000)); time.sleep(0.02)"
     status, rusage, ended_by, peak = runner._watch(_python(code), timeout_s=30, ram_limit_mb=150)
     assert ended_by == "ram_limit" and peak > 150
-    cols = runner.exit_columns(runner.ChildExit(-15, None, peak, 1.0, ended_by, peak), 30, 150)
+    cols = runner.exit_columns(runner.ChildExit(-15, None, peak, 1.0, ended_by=ended_by, peak_seen_mb=peak), 30, 150)
     assert cols["status"] == "oom" and "limit of 150 MB" in cols["error"]
 
 
@@ -141,8 +142,8 @@ def test_capacity_search_stops_at_the_limit_and_reports_the_largest_batch(tmp_pa
 
 
 def test_measured_columns_from_progress():
-    exit_ = runner.ChildExit(0, {}, 900, 3.0, "ram_limit", 1200,
-                             [{"batch": 1, "peak_rss_mb": 500}, {"batch": 2, "peak_rss_mb": 700}, {"batch": 4, "peak_rss_mb": 1100}])
+    progress = [{"batch": 1, "peak_rss_mb": 500}, {"batch": 2, "peak_rss_mb": 700}, {"batch": 4, "peak_rss_mb": 1100}]
+    exit_ = runner.ChildExit(0, {}, 900, 3.0, ended_by="ram_limit", peak_seen_mb=1200, progress=progress)
     cols = capacity.measured_columns(exit_, [1, 2, 4, 8], limit_mb=1000)
     assert cols["measured_max_batch"] == 2 and cols["measured_first_failing_batch"] == 4
     assert cols["measured_peak_rss_mb"] == 700 and cols["measured_batches"] == [1, 2, 4]

@@ -35,6 +35,7 @@ class ChildExit:
     result: dict | None
     maxrss_mb: float | None
     wall_s: float
+    cpu_s: float | None = None           # user + system CPU time of the child (wait4 rusage)
     ended_by: str | None = None          # "timeout" | "ram_limit" | None
     peak_seen_mb: float = 0.0
     progress: list[dict] = field(default_factory=list)
@@ -64,7 +65,8 @@ def run_child(kind: str, spec: dict, timeout_s: float, ram_limit_mb: float | Non
         progress_path = Path(spec["progress_path"])
         progress = [json.loads(line) for line in progress_path.read_text().splitlines()] if progress_path.exists() else []
     code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    return ChildExit(code, result, memory.maxrss_mb(rusage.ru_maxrss), wall, ended_by, peak_seen, progress)
+    return ChildExit(code, result, memory.maxrss_mb(rusage.ru_maxrss), wall, rusage.ru_utime + rusage.ru_stime,
+                     ended_by, peak_seen, progress)
 
 
 def _has_fileno(stream) -> bool:
@@ -109,6 +111,7 @@ def exit_columns(child: ChildExit, timeout_s: float, ram_limit_mb: float | None)
     """Status and error from the child's exit, over whatever the child reported."""
     cols = dict(child.result or {})
     cols["exit_code"] = child.exit_code
+    cols["cpu_time_s"] = child.cpu_s
     if child.ended_by == "timeout":
         cols.update(status="timeout", error=f"no result within the job's timeout of {timeout_s:g} s; the harness ended it")
     elif child.ended_by == "ram_limit":
