@@ -56,6 +56,7 @@ def train(name, model_config, store_dir, model_path, metrics_path, device="cpu",
     """Train, write model_path (fp32.pt) and metrics_path (one row per epoch); returns a summary."""
     from tqdm import tqdm
 
+    from alfred_edge.data.loader import StoreDataset
     from alfred_edge.data.vocab import load_vocab
 
     hp = model_config["train"]
@@ -64,11 +65,11 @@ def train(name, model_config, store_dir, model_path, metrics_path, device="cpu",
     vocab = load_vocab(store_dir / "vocab.json")
     torch.manual_seed(hp["seed"])
     model = make_model(name, model_config, vocab).to(device)
+    if len(StoreDataset(store_dir / "train")) == 0:
+        raise ValueError(f"{store_dir / 'train'}: the training store has no annotations (check its rejected.parquet)")
     shuffle = torch.Generator().manual_seed(hp["seed"])
     mask_sampler = torch.Generator().manual_seed(hp["seed"])
     train_loader = split_loader(store_dir / "train", hp["batch"], shuffle=True, generator=shuffle)
-    if len(train_loader.dataset) == 0:
-        raise ValueError(f"{store_dir / 'train'}: the training store has no annotations (check its rejected.parquet)")
     valid = {split: split_loader(store_dir / split, hp["batch"]) for split in VALID_SPLITS
              if (store_dir / split).exists()}  # fmt: skip
     if "valid_seen" not in valid or len(valid["valid_seen"].dataset) == 0:
@@ -77,6 +78,7 @@ def train(name, model_config, store_dir, model_path, metrics_path, device="cpu",
 
     rows, best, started = [], None, time.perf_counter()
     for epoch in range(1, hp["epochs"] + 1):
+        epoch_start = time.perf_counter()
         model.train()
         running, n = 0.0, 0
         bar = tqdm(train_loader, desc=f"train {name} epoch {epoch}/{hp['epochs']}", unit="batch", disable=not progress)
@@ -89,11 +91,13 @@ def train(name, model_config, store_dir, model_path, metrics_path, device="cpu",
             optimizer.zero_grad()
             losses["loss"].backward()
             optimizer.step()
-            running, n = running + float(losses["loss"]), n + 1
+            running, n = running + losses["loss"].item(), n + 1
             bar.set_postfix(loss=f"{running / n:.4f}")
-        row = {"epoch": epoch, "train/loss": running / n, "seconds": time.perf_counter() - started}
+        row = {"epoch": epoch, "train/loss": running / n, "train_seconds": time.perf_counter() - epoch_start}
+        eval_start = time.perf_counter()
         for split, loader in valid.items():
             row.update({f"{split}/{k}": v for k, v in evaluate_loader(model, loader, device, weights).items()})
+        row["eval_seconds"] = time.perf_counter() - eval_start
         rows.append(row)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
         if best is None or row[BEST_BY] < best[0][BEST_BY]:

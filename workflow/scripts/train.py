@@ -1,4 +1,5 @@
 """Train one model on the store (rule train): models/{model}/fp32.pt + train_metrics.parquet."""
+import os
 from pathlib import Path
 
 import torch
@@ -7,7 +8,8 @@ from alfred_edge.joblog import job_logging
 from alfred_edge.train import train
 
 with job_logging(snakemake) as log:
-    torch.set_num_threads(snakemake.threads)
+    # More threads than cores makes torch's CPU kernels spin against each other.
+    torch.set_num_threads(max(1, min(snakemake.threads, len(os.sched_getaffinity(0)))))
     summary = train(
         snakemake.wildcards.model,
         snakemake.params.settings,
