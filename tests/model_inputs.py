@@ -1,5 +1,29 @@
-"""Tiny vocabularies and random batches in the loader's format, for the model tests."""
+"""Tiny models, vocabularies, random batches in the loader's format and synthetic stores,
+for the model and training tests."""
+import pytest
 import torch
+
+TINY = {
+    "lstm": {"demb": 16, "dhid": 24, "dframe": 40},
+    "transformer": {"d_model": 32, "heads": 2, "ffn": 48, "dframe": 40},
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread (imported by each test module): on a shared 2-core machine, more
+    threads spin against the other jobs and run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(name, seed=0, **overrides):
+    from alfred_edge.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(name, {**TINY[name], **overrides}, tiny_vocab()).eval()
 
 N_WORDS, N_ACTIONS = 40, 15
 

@@ -10,8 +10,7 @@ import torch
 from alfred_edge.models import build_model
 from alfred_edge.models.alfred_checkpoint import import_alfred_checkpoint, read_alfred_checkpoint
 
-from model_inputs import random_batch, tiny_vocab
-
+from model_inputs import one_thread, random_batch, tiny_vocab  # noqa: F401 (fixture)
 ALFRED_ARGS = dict(demb=16, dhid=24, dframe=40, pframe=300, vis_dropout=0.3, hstate_dropout=0.3,
                    lang_dropout=0.0, input_dropout=0.0, attn_dropout=0.0, actor_dropout=0.0,
                    subgoal_aux_loss_wt=0.1, pm_aux_loss_wt=0.1, seed=123, batch=8, lr=1e-4)

@@ -6,19 +6,7 @@ import warnings
 import pytest
 import torch
 
-from alfred_edge.models import build_model
-
-from model_inputs import random_batch, tiny_vocab
-
-TINY = {
-    "lstm": {"demb": 16, "dhid": 24, "dframe": 40},
-    "transformer": {"d_model": 32, "heads": 2, "ffn": 48, "dframe": 40},
-}
-
-
-def tiny_model(name, seed=0, **overrides):
-    torch.manual_seed(seed)
-    return build_model(name, {**TINY[name], **overrides}, tiny_vocab()).eval()
+from model_inputs import one_thread, random_batch, tiny_model, tiny_vocab  # noqa: F401 (fixture)
 
 
 def run_steps(model, batch, teacher_forcing=True):

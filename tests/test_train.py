@@ -1,0 +1,94 @@
+"""Training and evaluation on a tiny synthetic store written by the data package."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from alfred_edge.evaluate import evaluate, sequence_f1, weighted_mask_loss
+from alfred_edge.models import load_model
+from alfred_edge.train import train
+
+from model_inputs import build_store, one_thread  # noqa: F401 (fixture)
+TINY = {
+    "lstm": {"demb": 16, "dhid": 24, "dframe": 32},
+    "transformer": {"d_model": 32, "heads": 2, "ffn": 48, "dframe": 32},
+}
+HP = {"epochs": 2, "batch": 4, "lr": 0.002, "seed": 7, "mask_steps_per_batch": 2}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    return build_store(root, {"train": 4, "valid_seen": 2, "valid_unseen": 2}, annotations_per_trajectory=2,
+                       nav_steps=(2, 3))
+
+
+def run(name, store, out, **hp):
+    config = {**TINY[name], "train": {**HP, **hp}}
+    return train(name, config, store, out / "fp32.pt", out / "train_metrics.parquet", progress=False)
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
+def test_training_writes_model_and_per_epoch_metrics(name, store, tmp_path):
+    summary = run(name, store, tmp_path)
+    metrics = pd.read_parquet(tmp_path / "train_metrics.parquet")
+    assert list(metrics["epoch"]) == [1, 2]
+    for split in ("valid_seen", "valid_unseen"):
+        for metric in ("loss", "loss_action", "loss_mask", "action_acc", "action_f1", "action_em", "mask_iou"):
+            assert metrics[f"{split}/{metric}"].notna().all(), (split, metric)
+        assert metrics[f"{split}/action_acc"].between(0, 1).all()
+    best = metrics.loc[metrics["valid_seen/loss"].idxmin(), "epoch"]
+    assert summary["best_epoch"] == best
+    model = load_model(tmp_path / "fp32.pt", vocab_path=store / "vocab.json")
+    scores = evaluate(model, store, batch_size=4)
+    # The saved weights are the best epoch's: evaluating them again gives its row.
+    assert scores["valid_seen/loss"] == pytest.approx(metrics.loc[best - 1, "valid_seen/loss"], rel=1e-5)
+    assert torch.load(tmp_path / "fp32.pt", weights_only=True)["best_epoch"] == best
+
+
+def test_training_is_deterministic_for_a_seed(store, tmp_path):
+    run("lstm", store, tmp_path / "a", epochs=1)
+    run("lstm", store, tmp_path / "b", epochs=1)
+    run("lstm", store, tmp_path / "c", epochs=1, seed=8)
+    a, b, c = (torch.load(tmp_path / x / "fp32.pt", weights_only=True)["state_dict"] for x in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_store_without_training_rows_is_refused(store, tmp_path):
+    empty = tmp_path / "store"
+    for part in ("train", "valid_seen", "valid_unseen"):
+        (empty / part).mkdir(parents=True)
+        for file in (store / part).iterdir():
+            (empty / part / file.name).symlink_to(file)
+    (empty / "vocab.json").symlink_to(store / "vocab.json")
+    annotations = pd.read_parquet(store / "train" / "annotations.parquet")
+    (empty / "train" / "annotations.parquet").unlink()
+    annotations.iloc[:0].to_parquet(empty / "train" / "annotations.parquet")
+    with pytest.raises(ValueError, match=r"store/train: the training store has no annotations"):
+        run("lstm", empty, tmp_path / "out")
+    assert not (tmp_path / "out" / "fp32.pt").exists()
+
+
+def test_evaluate_refuses_a_model_of_another_vocabulary(store, tmp_path):
+    run("transformer", store, tmp_path, epochs=1)
+    model = load_model(tmp_path / "fp32.pt")
+    other = tmp_path / "other"
+    other.mkdir()
+    vocab = json.loads((store / "vocab.json").read_text())
+    vocab["word"].append("zebra")
+    (other / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ValueError, match=r"trained on another vocabulary than .*other/vocab.json"):
+        evaluate(model, other)
+
+
+def test_alfred_f1_and_weighted_mask_loss():
+    assert sequence_f1([3, 4, 5], [3, 4, 5]) == 1.0
+    assert sequence_f1([3, 4], [3, 4, 5, 6]) == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    assert sequence_f1([], []) == 1.0 and sequence_f1([3], []) == 0.0
+    gt = torch.zeros(1, 4, 4)
+    gt[0, :2] = 1
+    perfect = (gt * 40 - 20).unsqueeze(1)
+    assert weighted_mask_loss(perfect, gt) < 1e-6 < weighted_mask_loss(-perfect, gt)
+    assert torch.isfinite(weighted_mask_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4)))  # empty mask
