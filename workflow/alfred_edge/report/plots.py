@@ -100,11 +100,13 @@ def finish(fig, axes, title: str, legend_from=None) -> None:
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
+    # As many legend columns as fit the figure's width (about 1.7 inches each).
+    columns = max(1, min(len(labels), int(fig.get_figwidth() / 1.7)))
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+        fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     rows = math.ceil(len(axes) / MAX_COLUMNS)
-    bottom = min(0.45, (0.55 + 0.2 * math.ceil(len(labels) / 6)) / fig.get_figheight()) if labels else 0.08
-    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.5 / fig.get_figheight(), bottom=bottom,
+    bottom = min(0.45, (0.55 + 0.2 * math.ceil(len(labels) / columns)) / fig.get_figheight()) if labels else 0.08
+    fig.subplots_adjust(left=min(0.15, 0.75 / fig.get_figwidth()), right=0.98, top=1 - 0.5 / fig.get_figheight(), bottom=bottom,
                         wspace=0.12, hspace=0.45 if rows > 1 else 0.2)
 
 
