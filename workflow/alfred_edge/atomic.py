@@ -28,6 +28,8 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create owner-only paths; outputs get the usual umask-based mode.
+        tmp.chmod((0o777 if directory else 0o666) & ~_umask())
         if directory and target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -37,6 +39,12 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
