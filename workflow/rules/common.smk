@@ -375,15 +375,9 @@ def get_bench_capacity_spec(wildcards):
 # Each train job gets its model's whole config section (architecture, init_from, train)
 # through params, in canonical form (keys sorted), so editing the transformer's settings
 # reruns only the transformer's jobs. Sizes come from a pure-Python parameter count.
-import json as _json
-
 from alfred_edge.models.sizes import fp32_file_bytes
 
 MODEL_NAMES = sorted(config["models"])
-
-
-def _canonical(value):
-    return _json.loads(_json.dumps(value, sort_keys=True))
 
 
 def get_model_settings(wildcards):

@@ -12,8 +12,14 @@ rule train:
     output:
         model="models/{model}/fp32.pt",
         metrics="models/{model}/train_metrics.parquet",
+    log:
+        "logs/train/{model}.log",
     wildcard_constraints:
         model="|".join(MODEL_NAMES),
+    threads: workflow.cores
+    resources:
+        disk_mb=get_train_disk_mb,
+        exclusive=1,  # training saturates the CPU: never beside a benchmark
     params:
         settings=get_model_settings,
         code=get_code_digest(
@@ -26,11 +32,5 @@ rule train:
             "alfred_edge/data/vocab.py",
             "alfred_edge/atomic.py",
         ),
-    log:
-        "logs/train/{model}.log",
-    threads: workflow.cores
-    resources:
-        disk_mb=get_train_disk_mb,
-        exclusive=1,  # training saturates the CPU: never beside a benchmark
     script:
         "../scripts/train.py"
