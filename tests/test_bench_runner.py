@@ -147,3 +147,6 @@ def test_measured_columns_from_progress():
     cols = capacity.measured_columns(exit_, [1, 2, 4, 8], limit_mb=1000)
     assert cols["measured_max_batch"] == 2 and cols["measured_first_failing_batch"] == 4
     assert cols["measured_peak_rss_mb"] == 700 and cols["measured_batches"] == [1, 2, 4]
+    time_boxed = runner.ChildExit(0, {}, 700, 3.0, progress=progress[:2])
+    cols = capacity.measured_columns(time_boxed, [1, 2, 4, 8], limit_mb=1000)
+    assert cols["measured_max_batch"] == 2 and cols["measured_first_failing_batch"] is None

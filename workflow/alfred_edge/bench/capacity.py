@@ -55,7 +55,12 @@ def measured_columns(child: runner.ChildExit, batches: list[int], limit_mb: floa
     peaks = {p["batch"]: p["peak_rss_mb"] for p in child.progress}
     fitting = [b for b in batches if b in peaks and peaks[b] <= limit_mb]
     largest = max(fitting, default=0)
-    first_failing = next((b for b in batches if b not in fitting), None)
+    over = [b for b in batches if b in peaks and peaks[b] > limit_mb]
+    # Ended while a batch ran (the limit, a crash): that batch failed. Stopped by itself
+    # (time box, max_batch): no batch failed.
+    ended_during = child.ended_by is not None or child.exit_code != 0
+    untried = [b for b in batches if b not in peaks]
+    first_failing = over[0] if over else (untried[0] if ended_during and untried else None)
     best_peak = peaks.get(largest)
     return {
         "measured": True,
