@@ -1,0 +1,207 @@
+"""Rerun scope of the whole pipeline: one finished run on a tiny config, then each edit's
+dry run lists exactly the jobs the edit affects (rules and counts), and nothing else.
+
+The run happens in a copy of the repository's tracked files (its config/config.yaml
+replaced by a tiny one), so edits to code, templates and config never touch the repo;
+each test restores what it edited. The copy's own package is put first on PYTHONPATH, so
+its jobs run the copy's code. The fixture is shared with test_pipeline_interrupt.py and
+test_pipeline_cluster.py (session scope: the workflow runs once per test session)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+HOST = "testhost"
+PROFILE = ["--workflow-profile", "workflow/profiles/default"]
+TINY_CONFIG = {
+    "data": {
+        "synthetic": {"seed": 0, "trajectories": {"train": 6, "valid_seen": 3, "valid_unseen": 3},
+                      "annotations_per_trajectory": 2, "nav_steps": [1, 2]},
+    },
+    "models": {
+        "lstm": {"demb": 16, "dhid": 16, "dframe": 32, "init_from": None,
+                 "train": {"epochs": 1, "batch": 4, "lr": 0.001, "seed": 123, "mask_steps_per_batch": 2}},
+        "transformer": {"d_model": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ffn": 32,
+                        "dframe": 32,
+                        "train": {"epochs": 1, "batch": 4, "lr": 0.001, "seed": 123, "mask_steps_per_batch": 2}},
+    },
+    "quantize": {"variants": ["fp32", "int8_dynamic"], "eval_batch": 4},
+    "bench": {
+        "host": HOST, "devices": ["cpu"], "batches": [1], "threads": 1, "max_steps": 2,
+        "warmup_iterations": 0, "min_iterations": 1, "min_duration_s": 0.0, "max_duration_s": 0.1,
+        "timeout_s": 120, "compare_features_in_ram": False,
+        "power": {"interval_s": 0.1, "idle_s": 0.0},
+        "roofline": {"matmul_size": 64, "copy_mb": 1, "seconds": 0.05},
+        "capacity": {"measure": None},
+    },
+}
+# Jobs of the tiny plan, per rule (2 models x 2 variants x 1 batch x 1 device).
+FULL_PLAN = {
+    "all": 1, "synthesize": 1, "manifest": 1, "subset": 3, "vocab": 1, "preprocess": 3, "storage_plan": 1,
+    "train": 2, "evaluate_fp32": 2, "quantize": 2, "bench_roofline": 1, "bench": 4, "bench_capacity": 4,
+    "aggregate": 1, "summary": 1,
+}
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def tiny_config_text(**changes) -> str:
+    config = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    return yaml.safe_dump(deep_update(deep_update(config, TINY_CONFIG), changes), sort_keys=False)
+
+
+def copy_repo(dest: Path) -> Path:
+    """The repository's tracked files (as in the working tree) under dest."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True,
+                           text=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = REPO_ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run_env(workdir: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(workdir / "workflow"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 600) -> str:
+    """`snakemake ARGS` in workdir with the default workflow profile; stdout + stderr.
+    (Named explicitly: Snakemake looks for profiles/default beside the Snakefile or the
+    working directory, not for workflow/profiles/default.)"""
+    done = subprocess.run([sys.executable, "-m", "snakemake", *PROFILE, *args], cwd=workdir, env=run_env(workdir),
+                          capture_output=True, text=True, timeout=timeout)
+    output = done.stdout + done.stderr
+    if check:
+        assert done.returncode == 0, output[-4000:]
+    return output
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """{rule: jobs} from the first "Job stats:" table of a dry run ({} when nothing to do)."""
+    if "Nothing to be done" in output:
+        return {}
+    match = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal\s+(\d+)", output, re.S)
+    assert match, output[-4000:]
+    stats = {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", match.group(1), re.M)}
+    assert sum(stats.values()) == int(match.group(2)), output
+    return stats
+
+
+def planned(workdir: Path) -> dict[str, int]:
+    return job_stats(snakemake(workdir, "-n", "-q", "rules"))
+
+
+@contextlib.contextmanager
+def edited(path: Path, edit):
+    """path's text replaced by edit(text) for the duration (bytes and mtime restored after)."""
+    original, stat = path.read_bytes(), path.stat()
+    path.write_text(edit(original.decode()))
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+_FINISHED: list[Path] = []
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A copy of the repo with the tiny config, after `snakemake --cores 2` completed.
+    The other test_pipeline_* modules import this fixture, which gives each module its own
+    definition: the module-level cache makes the workflow run once per session all the same."""
+    if not _FINISHED:
+        workdir = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+        (workdir / "config" / "config.yaml").write_text(tiny_config_text())
+        assert planned(workdir) == FULL_PLAN
+        output = snakemake(workdir, "--cores", "2")
+        assert "Using workflow specific profile workflow/profiles/default" in output
+        assert (workdir / "reports" / "summary.html").is_file()
+        _FINISHED.append(workdir)
+    return _FINISHED[0]
+
+
+def test_no_op_rerun_has_nothing_to_do(finished_run):
+    assert "Nothing to be done" in snakemake(finished_run, "--cores", "2")
+
+
+def test_one_models_hyper_parameter_reruns_that_model_and_the_report(finished_run):
+    config = finished_run / "config" / "config.yaml"
+    with edited(config, lambda text: tiny_config_text(models={"lstm": {"train": {"lr": 0.002}}})):
+        output = snakemake(finished_run, "-n")
+    # lstm: its train, evaluation and int8 variant, its 2 variants' cells and capacity rows;
+    # then the aggregate and the page. Nothing of the transformer's.
+    assert job_stats(output) == {"train": 1, "evaluate_fp32": 1, "quantize": 1, "bench": 2, "bench_capacity": 2,
+                                 "aggregate": 1, "summary": 1, "all": 1}
+    assert set(re.findall(r"model=(\w+)", output)) == {"lstm"}
+
+
+def test_new_batch_size_runs_only_its_cells_and_the_report(finished_run):
+    config = finished_run / "config" / "config.yaml"
+    with edited(config, lambda text: tiny_config_text(bench={"batches": [1, 2]})):
+        output = snakemake(finished_run, "-n")
+    # 2 models x 2 variants at batch 2; every capacity row reads all of its batches' cells;
+    # the storage plan reserves room for the results of the four more cells.
+    assert job_stats(output) == {"bench": 4, "bench_capacity": 4, "storage_plan": 1, "aggregate": 1,
+                                 "summary": 1, "all": 1}
+    assert set(re.findall(r"batch=(\d+)", output)) == {"2"}
+
+
+def test_new_variant_runs_its_quantize_and_cells(finished_run):
+    config = finished_run / "config" / "config.yaml"
+    with edited(config, lambda text: tiny_config_text(quantize={"variants": ["fp32", "int8_dynamic", "fp16"]})):
+        output = snakemake(finished_run, "-n")
+    # fp16 of both models, its 2 cells and capacity rows; the storage plan reserves its files.
+    assert job_stats(output) == {"quantize": 2, "bench": 2, "bench_capacity": 2, "storage_plan": 1,
+                                 "aggregate": 1, "summary": 1, "all": 1}
+    assert set(re.findall(r"variant=(\w+)", output)) == {"fp16"}
+
+
+def test_template_change_reruns_only_the_report_page(finished_run):
+    template = finished_run / "workflow/alfred_edge/report/templates/summary.html.j2"
+    with edited(template, lambda text: text.replace("</body>", "<p>edited</p></body>", 1)):
+        assert planned(finished_run) == {"summary": 1, "all": 1}
+
+
+def test_package_module_change_reruns_the_rules_that_use_it(finished_run):
+    module = finished_run / "workflow/alfred_edge/quantize.py"
+    with edited(module, lambda text: text + "\nSUPPORTED = frozenset(VARIANTS)\n"):
+        output = snakemake(finished_run, "-n")
+    # quantize.py is used by quantizing, evaluating and benchmarking (cells, capacity):
+    # not by the data stage, training or the roofline.
+    assert job_stats(output) == {"evaluate_fp32": 2, "quantize": 2, "bench": 4, "bench_capacity": 4,
+                                 "aggregate": 1, "summary": 1, "all": 1}
+    assert "Params have changed" in output
+
+
+def test_touching_every_input_and_source_changes_nothing(finished_run):
+    sources = [p for p in finished_run.rglob("*") if p.is_file()
+               and not p.relative_to(finished_run).parts[0] in (".snakemake", "models", "reports", "logs")
+               and p.relative_to(finished_run).parts[:2] != ("data", "store")]
+    assert any(p.name == "feat_conv.pt" for p in sources) and any(p.suffix == ".smk" for p in sources)
+    for path in sources:
+        path.touch()
+    assert planned(finished_run) == {}
