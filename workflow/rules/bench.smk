@@ -14,14 +14,14 @@ wildcard_constraints:
 rule bench_roofline:
     output:
         BENCH_ROOFLINE,
-    params:
-        spec=get_bench_roofline_spec,
-        code=get_code_digest("scripts/roofline.py", *BENCH_CODE),
     log:
         "logs/bench_roofline/{device}.log",
     resources:
         exclusive=1,
         disk_mb=1,
+    params:
+        spec=get_bench_roofline_spec,
+        code=get_code_digest("scripts/roofline.py", *BENCH_CODE),
     script:
         "../scripts/roofline.py"
 
@@ -31,14 +31,14 @@ rule bench:
         unpack(get_bench_cell_inputs),
     output:
         BENCH_CELL,
-    params:
-        spec=get_bench_cell_spec,
-        code=get_code_digest("scripts/bench.py", *BENCH_CODE, *BENCH_WORKLOAD_CODE),
     log:
         "logs/bench/{model}/{variant}/{device}/{features}/b{batch}.log",
     resources:
         exclusive=1,
         disk_mb=1,
+    params:
+        spec=get_bench_cell_spec,
+        code=get_code_digest("scripts/bench.py", *BENCH_CODE, *BENCH_WORKLOAD_CODE),
     script:
         "../scripts/bench.py"
 
@@ -48,13 +48,13 @@ rule bench_capacity:
         unpack(get_bench_capacity_inputs),
     output:
         BENCH_CAPACITY,
-    params:
-        spec=get_bench_capacity_spec,
-        code=get_code_digest("scripts/capacity.py", *BENCH_CODE, *BENCH_WORKLOAD_CODE),
     log:
         "logs/bench_capacity/{model}/{variant}/{device}.log",
     resources:
         exclusive=1,
         disk_mb=1,
+    params:
+        spec=get_bench_capacity_spec,
+        code=get_code_digest("scripts/capacity.py", *BENCH_CODE, *BENCH_WORKLOAD_CODE),
     script:
         "../scripts/capacity.py"

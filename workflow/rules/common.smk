@@ -163,7 +163,9 @@ def get_report_eval_files():
 
 
 def get_report_training_files():
-    return expand("models/{model}/train_metrics.parquet", model=sorted(config["models"]))
+    return expand(
+        "models/{model}/train_metrics.parquet", model=sorted(config["models"])
+    )
 
 
 def get_report_ram_budgets():
@@ -275,7 +277,13 @@ def get_bench_cells():
     ]
     if BENCH["compare_features_in_ram"] and "fp32" in BENCH_VARIANTS:
         cells += [
-            dict(model=m, variant="fp32", device=d, features="ram", batch=BENCH_BATCHES[0])
+            dict(
+                model=m,
+                variant="fp32",
+                device=d,
+                features="ram",
+                batch=BENCH_BATCHES[0],
+            )
             for m in BENCH_MODELS
             for d in BENCH["devices"]
         ]
@@ -318,35 +326,58 @@ def get_bench_cell_inputs(wildcards):
 
 
 def _bench_job_settings(device):
-    return {"host": BENCH_HOST, "device": device, "threads": BENCH["threads"], "timeout_s": BENCH["timeout_s"]}
+    return {
+        "host": BENCH_HOST,
+        "device": device,
+        "threads": BENCH["threads"],
+        "timeout_s": BENCH["timeout_s"],
+    }
 
 
 def get_bench_cell_spec(wildcards):
     """Everything a cell's measurement depends on (paths are added by the script)."""
     ram_limit = BENCH["ram_limit_gb"]
-    return _canonical({
-        **_bench_job_settings(wildcards.device),
-        "model": wildcards.model,
-        "variant": wildcards.variant,
-        "features": wildcards.features,
-        "batch_size": int(wildcards.batch),
-        "max_steps": BENCH["max_steps"],
-        "loop": {key: BENCH[key] for key in ("min_iterations", "min_duration_s", "max_duration_s", "warmup_iterations")},
-        "power": BENCH["power"],
-        "ram_limit_mb": None if ram_limit is None else ram_limit * 1000.0,
-    })
+    return _canonical(
+        {
+            **_bench_job_settings(wildcards.device),
+            "model": wildcards.model,
+            "variant": wildcards.variant,
+            "features": wildcards.features,
+            "batch_size": int(wildcards.batch),
+            "max_steps": BENCH["max_steps"],
+            "loop": {
+                key: BENCH[key]
+                for key in (
+                    "min_iterations",
+                    "min_duration_s",
+                    "max_duration_s",
+                    "warmup_iterations",
+                )
+            },
+            "power": BENCH["power"],
+            "ram_limit_mb": None if ram_limit is None else ram_limit * 1000.0,
+        }
+    )
 
 
 def get_bench_roofline_spec(wildcards):
-    return _canonical({**_bench_job_settings(wildcards.device), "roofline": BENCH["roofline"]})
+    return _canonical(
+        {**_bench_job_settings(wildcards.device), "roofline": BENCH["roofline"]}
+    )
 
 
 def get_bench_capacity_inputs(wildcards):
     inputs = {
-        "cells": [BENCH_CELL.format(**dict(wildcards, features="mmap", batch=b)) for b in BENCH_BATCHES],
+        "cells": [
+            BENCH_CELL.format(**dict(wildcards, features="mmap", batch=b))
+            for b in BENCH_BATCHES
+        ],
     }
     if _capacity_measured(wildcards):
-        inputs.update(model=f"models/{wildcards.model}/{wildcards.variant}.pt", store=f"data/store/{BENCH['split']}")
+        inputs.update(
+            model=f"models/{wildcards.model}/{wildcards.variant}.pt",
+            store=f"data/store/{BENCH['split']}",
+        )
     return inputs
 
 
@@ -357,18 +388,22 @@ def _capacity_measured(wildcards):
 
 def get_bench_capacity_spec(wildcards):
     cap = BENCH["capacity"]
-    capacity = {key: cap[key] for key in ("max_batch", "factor", "steps", "max_seconds")}
-    return _canonical({
-        **_bench_job_settings(wildcards.device),
-        "model": wildcards.model,
-        "variant": wildcards.variant,
-        "features": "mmap",
-        "capacity": {
-            **capacity,
-            "budgets_gb": BENCH["ram_budgets_gb"],
-            "measure": cap["measure"] if _capacity_measured(wildcards) else None,
-        },
-    })
+    capacity = {
+        key: cap[key] for key in ("max_batch", "factor", "steps", "max_seconds")
+    }
+    return _canonical(
+        {
+            **_bench_job_settings(wildcards.device),
+            "model": wildcards.model,
+            "variant": wildcards.variant,
+            "features": "mmap",
+            "capacity": {
+                **capacity,
+                "budgets_gb": BENCH["ram_budgets_gb"],
+                "measure": cap["measure"] if _capacity_measured(wildcards) else None,
+            },
+        }
+    )
 
 
 # --- models ---
@@ -394,4 +429,6 @@ def get_model_init_inputs(wildcards):
 def get_train_disk_mb(wildcards):
     """fp32.pt from the parameter count (vocabulary sizes estimated before the vocab exists)."""
     vocab = data_plan.ESTIMATED_VOCAB["synthetic" if IS_SYNTHETIC else "alfred"]
-    return disk_mb(fp32_file_bytes(wildcards.model, config["models"][wildcards.model], vocab) + 1e6)
+    return disk_mb(
+        fp32_file_bytes(wildcards.model, config["models"][wildcards.model], vocab) + 1e6
+    )

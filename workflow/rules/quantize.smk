@@ -10,18 +10,18 @@ rule quantize:
     output:
         variant="models/{model}/{variant}.pt",
         table="models/{model}/{variant}.eval.parquet",
-    wildcard_constraints:
-        variant="|".join(QUANTIZE_BUILT_VARIANTS) or "(?!)",
-    params:
-        settings=get_quantize_settings,
-        store_dir=QUANTIZE_STORE_DIR,
-        code=QUANTIZE_CODE,
     log:
         "logs/quantize/{model}.{variant}.log",
+    wildcard_constraints:
+        variant="|".join(QUANTIZE_BUILT_VARIANTS) or "(?!)",
     threads: 2
     resources:
         disk_mb=get_quantize_disk_mb,
         exclusive=1,  # evaluation saturates the CPU: never beside a benchmark
+    params:
+        settings=get_quantize_settings,
+        store_dir=QUANTIZE_STORE_DIR,
+        code=QUANTIZE_CODE,
     script:
         "../scripts/quantize.py"
 
@@ -31,15 +31,15 @@ rule evaluate_fp32:
         unpack(get_quantize_inputs),
     output:
         table="models/{model}/fp32.eval.parquet",
-    params:
-        settings=get_quantize_settings,
-        store_dir=QUANTIZE_STORE_DIR,
-        code=QUANTIZE_CODE,
     log:
         "logs/quantize/{model}.fp32.log",
     threads: 2
     resources:
         disk_mb=1,
         exclusive=1,
+    params:
+        settings=get_quantize_settings,
+        store_dir=QUANTIZE_STORE_DIR,
+        code=QUANTIZE_CODE,
     script:
         "../scripts/quantize.py"

@@ -13,8 +13,16 @@ rule aggregate:
         capacity=get_report_bench_files("capacity"),
         evals=get_report_eval_files(),
     output:
-        results=report("reports/results.parquet", caption="../report/results.rst", category="Results"),
+        results=report(
+            "reports/results.parquet",
+            caption="../report/results.rst",
+            category="Results",
+        ),
         capacity="reports/capacity.parquet",
+    log:
+        "logs/aggregate/aggregate.log",
+    resources:
+        disk_mb=1,
     params:
         bench_dir=REPORT_BENCH_DIR,
         # Rows of files already read, by content digest: not an output, only saves re-parsing.
@@ -29,10 +37,6 @@ rule aggregate:
             "schemas/results_table.schema.yaml",
             "alfred_edge/atomic.py",
         ),
-    log:
-        "logs/aggregate/aggregate.log",
-    resources:
-        disk_mb=1,
     script:
         "../scripts/aggregate.py"
 
@@ -45,13 +49,19 @@ rule summary:
         training=get_report_training_files(),
         storage_plan="reports/storage_plan.md",
     output:
-        html=report("reports/summary.html", caption="../report/summary.rst", category="Summary"),
+        html=report(
+            "reports/summary.html", caption="../report/summary.rst", category="Summary"
+        ),
         plots=report(
             directory("reports/plots"),
             patterns=["{name}.png"],
             caption="../report/plots.rst",
             category="Figures",
         ),
+    log:
+        "logs/summary/summary.log",
+    resources:
+        disk_mb=5,
     params:
         storage_plan=get_storage_plan(),
         ram_budgets_gb=get_report_ram_budgets(),
@@ -61,9 +71,5 @@ rule summary:
             "alfred_edge/report/templates/summary.html.j2",
             "alfred_edge/atomic.py",
         ),
-    log:
-        "logs/summary/summary.log",
-    resources:
-        disk_mb=5,
     script:
         "../scripts/summary.py"
