@@ -177,7 +177,6 @@ def get_report_ram_budgets():
 # One quantize job per (model, variant) (fp32: evaluate_fp32). Its settings are keyed by
 # those wildcards, so adding a variant runs only its jobs; disk_mb comes from parse-time
 # parameter counts (pure Python) and the data plan's size fraction per variant.
-from alfred_edge.models.sizes import fp32_file_bytes
 
 QUANTIZE = config["quantize"]
 QUANTIZE_BUILT_VARIANTS = [v for v in QUANTIZE["variants"] if v != "fp32"]
@@ -211,8 +210,7 @@ def get_quantize_settings(wildcards):
 
 
 def get_quantize_disk_mb(wildcards):
-    vocab = data_plan.ESTIMATED_VOCAB["synthetic" if IS_SYNTHETIC else "alfred"]
-    fp32 = fp32_file_bytes(wildcards.model, config["models"][wildcards.model], vocab)
+    fp32 = get_fp32_file_bytes(wildcards.model)
     return disk_mb(fp32 * data_plan.VARIANT_FRACTION[wildcards.variant])
 
 
@@ -426,9 +424,11 @@ def get_model_init_inputs(wildcards):
     return [init_from] if init_from else []
 
 
-def get_train_disk_mb(wildcards):
+def get_fp32_file_bytes(model):
     """fp32.pt from the parameter count (vocabulary sizes estimated before the vocab exists)."""
     vocab = data_plan.ESTIMATED_VOCAB["synthetic" if IS_SYNTHETIC else "alfred"]
-    return disk_mb(
-        fp32_file_bytes(wildcards.model, config["models"][wildcards.model], vocab) + 1e6
-    )
+    return fp32_file_bytes(model, config["models"][model], vocab)
+
+
+def get_train_disk_mb(wildcards):
+    return disk_mb(get_fp32_file_bytes(wildcards.model) + 1e6)
