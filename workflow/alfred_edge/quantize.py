@@ -347,10 +347,9 @@ def load_state(variant: str, source: dict, state: dict, device: torch.device, pa
 
 def build_float(source: dict, device: str | torch.device) -> nn.Module:
     """The float model described by an fp32 model file's header, built on `device`."""
-    from alfred_edge.models import _construct
+    from alfred_edge.models import model_from_record
 
-    with torch.device(device):
-        return _construct(source["model"], source["config"], source["vocab_sizes"], source["vocab_digest"])
+    return model_from_record(source, device)
 
 
 def model_header(record: dict) -> dict:

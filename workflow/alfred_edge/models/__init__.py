@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from .sizes import DEFAULTS, architecture, parameter_count
@@ -49,6 +50,36 @@ def _construct(name, config, sizes, digest):
     model.vocab_sizes = dict(sizes)
     model.vocab_digest = digest
     return model
+
+
+def model_from_record(record: dict, device="cpu"):
+    """The model a file's header describes (model, config, vocab_sizes, vocab_digest), built
+    on `device`. On "meta" its weights are left uninitialised, for load_weights to assign."""
+    import torch
+
+    with torch.device(device), _no_init_on_meta(device):
+        return _construct(record["model"], record["config"], record["vocab_sizes"], record["vocab_digest"])
+
+
+@contextmanager
+def _no_init_on_meta(device):
+    """On the meta device, torch.nn.init's functions become no-ops: the values are never
+    used, and init.normal_ on a meta tensor imports torch._dynamo (about 2 s, in every
+    benchmark process that loads an `lstm`)."""
+    from torch.nn import init
+
+    if str(device) != "meta":
+        yield
+        return
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
+    saved = {name: getattr(init, name) for name in names}
+    for name in names:
+        setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(init, name, function)
 
 
 def model_record(model) -> dict:
@@ -93,13 +124,10 @@ def load_model(path, device="cpu", vocab_path=None):
     """Load a model file straight onto `device` (eval mode): the skeleton is built on the meta
     device and the memory-mapped tensors are assigned, so no second full copy is made in host
     memory. With vocab_path, check that the store's vocabulary is the one it was trained on."""
-    import torch
-
     record = read_model_file(path, device)
     if vocab_path is not None:
         check_vocab(record, vocab_path, path)
-    with torch.device("meta"):
-        model = _construct(record["model"], record["config"], record["vocab_sizes"], record["vocab_digest"])
+    model = model_from_record(record, "meta")
     load_weights(model, record["state_dict"], path)
     return model.eval()
 
