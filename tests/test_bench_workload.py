@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from alfred_edge.bench import child, workloads
+from alfred_edge.bench import child, roofline, workloads
 from model_inputs import build_store
 
 TINY = {"lstm": {"demb": 16, "dhid": 16, "dframe": 32}, "transformer": {"d_model": 16, "heads": 2, "encoder_layers": 1,
@@ -35,6 +35,31 @@ def test_features_in_ram_equal_the_memory_mapped_ones(store):
         workloads.store_batch(str(store / "valid_seen"), 1, 1, "disk")
 
 
+def test_store_batch_marks_the_interaction_actions_of_its_vocabulary(store):
+    vocab = json.loads((store / "vocab.json").read_text())["action_low"]
+    marked = workloads.store_batch(str(store / "valid_seen"), 1, 1, "mmap")["mask_actions"].tolist()
+    assert {name for name, m in zip(vocab, marked) if m} == {
+        name for name in vocab if not name.startswith(("MoveAhead", "Rotate", "Look", "<<"))}
+    assert any(marked) and not all(marked)
+
+
+def test_the_decode_decodes_a_mask_exactly_for_the_rows_whose_action_interacts():
+    workload = child.make_workload({"model": "fake", "device": "cpu"}, 4, 5)
+    workload.load()
+    workload.prepare()
+    step, counts = workload.model.step, []
+
+    def recording_step(state, frames_t, prev_action, *, with_mask):
+        logits, mask, state = step(state, frames_t, prev_action, with_mask=with_mask)
+        counts.append((int(with_mask[logits.argmax(1)].sum()), mask.shape[0]))
+        return logits, mask, state
+
+    workload.model.step = recording_step
+    workload.run_batch()
+    assert len(counts) == 5 and all(wanted == decoded for wanted, decoded in counts)
+    assert workload.info()["mask_fraction"] == sum(d for _, d in counts) / (4 * 5)
+
+
 @pytest.fixture
 def one_thread():
     before = torch.get_num_threads()
@@ -60,3 +85,22 @@ def test_a_cell_of_a_real_model_measures_b_episodes(store, tmp_path, name, one_t
     assert 1 <= row["steps_per_episode"] <= 2
     assert row["flops_per_step"] > 0 and row["weight_bytes_per_step"] == path.stat().st_size
     assert row["encode_latency_p50_ms"] < row["latency_p50_ms"]
+    assert 0.0 <= row["mask_fraction"] <= 1.0 and row["mask_flops"] > 1e6  # one 300x300 mask decoder row
+    # The pipeline counts once per model on the first episode (scripts/flops.py): same columns.
+    first = workloads.store_batch(spec["store_dir"], 1, 2, "mmap")
+    counts = roofline.episode_flops(torch, child.load_model_file(str(path), "cpu"), first["lang"],
+                                    first["lang_lengths"], first["frames"].float())
+    given = child.flop_columns({**spec, "flops": counts}, _decoded(spec), torch)
+    assert {k: given[k] for k in FLOP_COLUMNS} == {k: row[k] for k in FLOP_COLUMNS}
+
+
+FLOP_COLUMNS = ("encode_flops", "mask_flops", "flops_per_step")
+
+
+def _decoded(spec):
+    """The cell's workload after one decode (so its mask counts are set)."""
+    workload = child.make_workload(spec, spec["batch_size"], spec["max_steps"])
+    workload.load()
+    workload.prepare()
+    workload.run_batch()
+    return workload

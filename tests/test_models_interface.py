@@ -72,6 +72,31 @@ def test_batch_size_comes_from_the_caller(name):
         assert logits.shape == (len(lengths), 15) and mask.shape == (len(lengths), 1, 300, 300)
 
 
+@pytest.mark.parametrize("name, seed", [("lstm", 5), ("transformer", 10)])  # seeds whose rows differ
+def test_masks_only_for_rows_whose_action_interacts(name, seed):
+    """with_mask as a [V] bool over the actions: the masks of exactly the rows whose argmax it
+    marks, equal to those rows of the every-row masks; none when no action is marked."""
+    model = tiny_model(name)
+    batch = random_batch(tiny_vocab(), seed=seed, lang_lengths=(4, 5, 6, 7, 3, 5), frame_lengths=[2] * 6)
+
+    def first_step(with_mask):
+        state = model.encode(batch["lang"], batch["lang_lengths"])
+        return model.step(state, batch["frames"][:, 0], with_mask=with_mask)
+
+    with torch.no_grad():
+        logits, every, _ = first_step(True)
+        chosen = logits.argmax(1).tolist()
+        marked = torch.zeros(logits.shape[1], dtype=torch.bool)
+        marked[min(set(chosen), key=chosen.count)] = True  # the rarest chosen action
+        rows = marked[logits.argmax(1)]
+        _, some, _ = first_step(marked)
+        _, none, _ = first_step(torch.zeros_like(marked))
+    assert 0 < int(rows.sum()) < len(chosen)
+    assert some.shape == (int(rows.sum()), 1, 300, 300)
+    torch.testing.assert_close(some, every[rows], atol=1e-5, rtol=0)
+    assert none.shape == (0, 1, 300, 300)
+
+
 @pytest.mark.parametrize("name", ["lstm", "transformer"])
 def test_mismatched_batch_sizes_raise_clear_errors(name):
     model, batch = tiny_model(name), random_batch(tiny_vocab())

@@ -43,12 +43,13 @@ def test_fleet_recipe_a_boards_cells_join_the_report(finished_run, tmp_path):
     shutil.copy2(finished_run / "data/store/vocab.json", board / "data/store/vocab.json")
     # the README's command plans this host's whole sweep and nothing upstream of it
     plan = snakemake(board, "-n", "-q", "rules", "--config", "bench={host: board}", "--allowed-rules",
-                     "bench_roofline", "bench", "bench_capacity", "aggregate", "--", "reports/results.parquet")
-    assert job_stats(plan) == {"bench_roofline": 1, "bench": 4, "bench_capacity": 4, "aggregate": 1}
+                     "bench_roofline", "bench_flops", "bench", "bench_capacity", "aggregate", "--",
+                     "reports/results.parquet")
+    assert job_stats(plan) == {"bench_roofline": 1, "bench_flops": 1, "bench": 4, "bench_capacity": 4, "aggregate": 1}
     cell = "reports/bench/board/cells/lstm/int8_dynamic/cpu/mmap/b1.parquet"
     # on the board: only the benchmark rules, the copied models and store taken as they are
     output = snakemake(board, "--cores", "2", "--config", "bench={host: board}",
-                       "--allowed-rules", "bench_roofline", "bench", "--", cell)
+                       "--allowed-rules", "bench_roofline", "bench_flops", "bench", "--", cell)
     assert "rule train" not in output and "rule preprocess" not in output
     # back home: copying the board's folder in reruns only the aggregation and the page
     home = shutil.copytree(finished_run, tmp_path / "home", symlinks=True)

@@ -50,8 +50,8 @@ TINY_CONFIG = {
 # Jobs of the tiny plan, per rule (2 models x 2 variants x 1 batch x 1 device).
 FULL_PLAN = {
     "all": 1, "synthesize": 1, "manifest": 1, "subset": 3, "vocab": 1, "preprocess": 3, "storage_plan": 1,
-    "train": 2, "evaluate_fp32": 2, "quantize": 2, "bench_roofline": 1, "bench": 4, "bench_capacity": 4,
-    "aggregate": 1, "summary": 1,
+    "train": 2, "evaluate_fp32": 2, "quantize": 2, "bench_roofline": 1, "bench_flops": 2, "bench": 4,
+    "bench_capacity": 4, "aggregate": 1, "summary": 1,
 }
 
 
@@ -152,10 +152,10 @@ def test_one_models_hyper_parameter_reruns_that_model_and_the_report(finished_ru
     config = finished_run / "config" / "config.yaml"
     with edited(config, lambda text: tiny_config_text(models={"lstm": {"train": {"lr": 0.002}}})):
         output = snakemake(finished_run, "-n")
-    # lstm: its train, evaluation and int8 variant, its 2 variants' cells and capacity rows;
-    # then the aggregate and the page. Nothing of the transformer's.
-    assert job_stats(output) == {"train": 1, "evaluate_fp32": 1, "quantize": 1, "bench": 2, "bench_capacity": 2,
-                                 "aggregate": 1, "summary": 1, "all": 1}
+    # lstm: its train, evaluation and int8 variant, its FLOP count, its 2 variants' cells and
+    # capacity rows; then the aggregate and the page. Nothing of the transformer's.
+    assert job_stats(output) == {"train": 1, "evaluate_fp32": 1, "quantize": 1, "bench_flops": 1, "bench": 2,
+                                 "bench_capacity": 2, "aggregate": 1, "summary": 1, "all": 1}
     assert set(re.findall(r"model=(\w+)", output)) == {"lstm"}
 
 
@@ -190,10 +190,10 @@ def test_package_module_change_reruns_the_rules_that_use_it(finished_run):
     module = finished_run / "workflow/alfred_edge/quantize.py"
     with edited(module, lambda text: text + "\nSUPPORTED = frozenset(VARIANTS)\n"):
         output = snakemake(finished_run, "-n")
-    # quantize.py is used by quantizing, evaluating and benchmarking (cells, capacity):
-    # not by the data stage, training or the roofline.
-    assert job_stats(output) == {"evaluate_fp32": 2, "quantize": 2, "bench": 4, "bench_capacity": 4,
-                                 "aggregate": 1, "summary": 1, "all": 1}
+    # quantize.py is used by quantizing, evaluating and benchmarking (FLOP counts, cells,
+    # capacity): not by the data stage, training or the roofline.
+    assert job_stats(output) == {"evaluate_fp32": 2, "quantize": 2, "bench_flops": 2, "bench": 4,
+                                 "bench_capacity": 4, "aggregate": 1, "summary": 1, "all": 1}
     assert "Params have changed" in output
 
 

@@ -1,5 +1,6 @@
 # bench stage: one job per benchmark cell (model, variant, device, features, batch), one per
-# device for the roofline, one per (model, variant, device) for the RAM capacity. Each job
+# device for the roofline, one per model for its FLOPs (counted once: the counter's start
+# costs seconds), one per (model, variant, device) for the RAM capacity. Each job
 # measures in its own child process and always writes its row (failures are rows). They take
 # the `exclusive` resource (1 in the default profile), so they never overlap each other or
 # training, whatever --cores says. Cells and settings come from common.smk "# --- bench ---".
@@ -24,6 +25,24 @@ rule bench_roofline:
         code=get_code_digest("scripts/roofline.py", *BENCH_CODE),
     script:
         "../scripts/roofline.py"
+
+
+rule bench_flops:
+    input:
+        model="models/{model}/fp32.pt",
+        store=f"data/store/{BENCH['split']}",
+    output:
+        BENCH_FLOPS,
+    log:
+        "logs/bench_flops/{model}.log",
+    threads: BENCH["threads"]
+    resources:
+        exclusive=1,
+        disk_mb=1,
+    params:
+        code=get_code_digest("scripts/flops.py", *BENCH_CODE, *BENCH_WORKLOAD_CODE),
+    script:
+        "../scripts/flops.py"
 
 
 rule bench:

@@ -219,16 +219,19 @@ def get_quantize_disk_mb(wildcards):
 # (model, variant, device, batch) of the sweep, plus fp32 at the smallest batch with the
 # frames read into RAM (compare_features_in_ram). The host is fixed per run, so this host's
 # outputs never claim another host's files under reports/bench/.
+from alfred_edge.bench.environment import bench_devices as _bench_devices
 from alfred_edge.bench.environment import host_name as _bench_host_name
 
 BENCH = config["bench"]
 BENCH_HOST = _bench_host_name(BENCH["host"])
+BENCH_DEVICES = _bench_devices(BENCH["devices"])
 BENCH_DIR = f"reports/bench/{BENCH_HOST}"
 BENCH_MODELS = sorted(config["models"])
 BENCH_VARIANTS = list(config["quantize"]["variants"])
 BENCH_BATCHES = sorted(BENCH["batches"])
 BENCH_CELL = BENCH_DIR + "/cells/{model}/{variant}/{device}/{features}/b{batch}.parquet"
 BENCH_ROOFLINE = BENCH_DIR + "/roofline/{device}.parquet"
+BENCH_FLOPS = BENCH_DIR + "/flops/{model}.json"
 BENCH_CAPACITY = BENCH_DIR + "/capacity/{model}/{variant}/{device}.parquet"
 BENCH_CODE = (
     "alfred_edge/bench",
@@ -270,7 +273,7 @@ def get_bench_cells():
         dict(model=m, variant=v, device=d, features="mmap", batch=b)
         for m in BENCH_MODELS
         for v in BENCH_VARIANTS
-        for d in BENCH["devices"]
+        for d in BENCH_DEVICES
         for b in BENCH_BATCHES
     ]
     if BENCH["compare_features_in_ram"] and "fp32" in BENCH_VARIANTS:
@@ -283,7 +286,7 @@ def get_bench_cells():
                 batch=BENCH_BATCHES[0],
             )
             for m in BENCH_MODELS
-            for d in BENCH["devices"]
+            for d in BENCH_DEVICES
         ]
     return cells
 
@@ -293,13 +296,13 @@ def get_bench_outputs(table):
     if table == "cells":
         return [BENCH_CELL.format(**cell) for cell in get_bench_cells()]
     if table == "roofline":
-        return [BENCH_ROOFLINE.format(device=d) for d in BENCH["devices"]]
+        return [BENCH_ROOFLINE.format(device=d) for d in BENCH_DEVICES]
     if table == "capacity":
         return [
             BENCH_CAPACITY.format(model=m, variant=v, device=d)
             for m in BENCH_MODELS
             for v in BENCH_VARIANTS
-            for d in BENCH["devices"]
+            for d in BENCH_DEVICES
         ]
     raise ValueError(f"unknown benchmark table {table!r}")
 
@@ -316,9 +319,9 @@ def _smaller_batch_cell(wildcards):
 def get_bench_cell_inputs(wildcards):
     return {
         "model": f"models/{wildcards.model}/{wildcards.variant}.pt",
-        "fp32": f"models/{wildcards.model}/fp32.pt",
         "store": f"data/store/{BENCH['split']}",
         "roofline": BENCH_ROOFLINE.format(device=wildcards.device),
+        "flops": BENCH_FLOPS.format(model=wildcards.model),
         "smaller_batch": _smaller_batch_cell(wildcards),
     }
 

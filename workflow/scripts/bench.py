@@ -1,4 +1,7 @@
 """Snakemake entry of one benchmark cell: settings from params, paths from input."""
+import json
+from pathlib import Path
+
 import pyarrow.parquet as pq
 
 from alfred_edge.bench import runner
@@ -6,9 +9,10 @@ from alfred_edge.joblog import job_logging
 
 with job_logging(snakemake) as log:
     spec = dict(snakemake.params.spec)
-    spec.update(model_path=snakemake.input.model, fp32_path=snakemake.input.fp32, store_dir=snakemake.input.store)
+    spec.update(model_path=snakemake.input.model, store_dir=snakemake.input.store)
     roofline = pq.read_table(snakemake.input.roofline).to_pylist()[0]
     spec["roofline_host"] = roofline if roofline["status"] == "ok" else None
+    spec["flops"] = json.loads(Path(snakemake.input.flops).read_text())
     skip = runner.smaller_batch_oom_reason(list(snakemake.input.smaller_batch))
     row = runner.run_cell(spec, snakemake.output[0], skip_reason=skip)
     log.info("%s: %s %s", snakemake.output[0], row["status"], row.get("error") or "")

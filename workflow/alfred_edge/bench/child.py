@@ -166,18 +166,22 @@ def memory_columns(peak: memory.InferencePeak, hwm_before, rss_trace, cuda_trace
 
 
 def flop_columns(spec: dict, workload, torch) -> dict:
-    """FLOPs of one step, counted on the fp32 architecture on the CPU (quantized kernels are
-    invisible to the FLOP counter; the arithmetic is the same), after every memory figure was
-    taken, so the extra model copy does not count in the peaks."""
+    """FLOPs of one step (see roofline.episode_flops): the spec's counts ("flops", from the
+    pipeline's bench_flops job) or, without them, counted here on the fp32 architecture on
+    the CPU (quantized kernels are invisible to the FLOP counter; the arithmetic is the
+    same), after every memory figure was taken, so the extra model copy does not count in
+    the peaks."""
     if spec["model"] == "identity":
         return {}
-    model = workload.model if spec["model"] == "fake" else load_model_file(spec["fp32_path"], "cpu")
-    model = model.float().cpu() if spec["model"] == "fake" else model
-    frames = workload.frames[:, :2].float().cpu()
-    encode, step = roofline.count_flops(torch, model, workload.lang.cpu(), workload.lang_lengths.cpu(), frames)
+    counts = spec.get("flops")
+    if counts is None:
+        model = workload.model.float().cpu() if spec["model"] == "fake" else load_model_file(spec["fp32_path"], "cpu")
+        counts = roofline.episode_flops(torch, model, workload.lang.cpu(), workload.lang_lengths.cpu(),
+                                        workload.frames[:, :2].float().cpu())
+    masks_per_step = workload.mask_rows * workload.batch_size / workload.step_rows  # rows with a mask, per step
     weight_bytes = float(Path(spec["model_path"]).stat().st_size) if spec.get("model_path") else \
         float(sum(t.numel() * t.element_size() for t in workload.model.state_dict().values()))
-    return {"flops_per_step": step, "encode_flops": encode, "weight_bytes_per_step": weight_bytes}
+    return {**roofline.cell_flops(counts, spec["batch_size"], masks_per_step), "weight_bytes_per_step": weight_bytes}
 
 
 # --- roofline ----------------------------------------------------------------------------

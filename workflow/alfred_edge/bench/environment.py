@@ -25,6 +25,23 @@ def host_name(configured: str | None = None) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "host"
 
 
+NVIDIA_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu")  # desktop, Jetson
+
+
+def has_nvidia_gpu() -> bool:
+    """Whether an NVIDIA GPU device node exists: a quick check that needs no torch import
+    (where one exists, a cell still checks torch.cuda.is_available())."""
+    return any(os.path.exists(node) for node in NVIDIA_DEVICE_NODES)
+
+
+def bench_devices(configured) -> list[str]:
+    """config bench.devices: a list as given, or "auto": cpu, plus cuda where this host has
+    an NVIDIA GPU."""
+    if configured == "auto":
+        return ["cpu", "cuda"] if has_nvidia_gpu() else ["cpu"]
+    return list(configured)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

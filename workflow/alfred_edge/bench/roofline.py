@@ -39,23 +39,40 @@ def _best_rate(fn, sync, work: float, seconds: float) -> float:
     return work / best
 
 
-def count_flops(torch, model, lang, lang_lengths, frames) -> tuple[float, float]:
-    """(FLOPs of encode, FLOPs of one decoder step after the first) of `model` for the whole
-    batch, counted by torch.utils.flop_counter on its first episode and scaled by B: every op
-    of these models works per episode, and counting under the FlopCounterMode is slow.
-    Matmuls and convolutions are counted, elementwise ops are not: a lower bound."""
+def episode_flops(torch, model, lang, lang_lengths, frames) -> dict:
+    """FLOPs of `model` on the batch's first episode, counted by torch.utils.flop_counter:
+    "encode" (the language), "step" (one decoder step after the first, without its mask) and
+    "mask" (one mask: the step with a mask minus the same step, on a copy of its state,
+    without). Every op of these models works per episode, so a cell scales them by its batch
+    (cell_flops). Matmuls and convolutions are counted, elementwise ops are not: a lower
+    bound. The counter's first use imports torch._dynamo and sympy (2-4 s), so the pipeline
+    counts once per model (rule bench_flops), not in every cell."""
+    import copy
+
     from torch.utils.flop_counter import FlopCounterMode
 
-    B = lang.shape[0]
     lang, lang_lengths, frames = lang[:1, :int(lang_lengths[0])], lang_lengths[:1], frames[:1]
+
+    def counted(fn):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return float(counter.get_total_flops())
+
     with torch.inference_mode():
-        with FlopCounterMode(display=False) as counter:
-            state = model.encode(lang, lang_lengths)
-        encode = counter.get_total_flops()
-        logits, _, state = model.step(state, frames[:, 0], None)
-        with FlopCounterMode(display=False) as counter:
-            model.step(state, frames[:, min(1, frames.shape[1] - 1)], logits.argmax(1))
-    return float(encode * B), float(counter.get_total_flops() * B)
+        encode = counted(lambda: model.encode(lang, lang_lengths))
+        state = model.encode(lang, lang_lengths)
+        logits, _, state = model.step(state, frames[:, 0], None, with_mask=False)
+        frame, action = frames[:, min(1, frames.shape[1] - 1)], logits.argmax(1)
+        with_mask = counted(lambda: model.step(copy.deepcopy(state), frame, action, with_mask=True))
+        step = counted(lambda: model.step(state, frame, action, with_mask=False))
+    return {"encode": encode, "step": step, "mask": with_mask - step}
+
+
+def cell_flops(counts: dict, batch_size: int, masks_per_step: float) -> dict:
+    """A cell's FLOP columns from episode_flops: encode and step for the whole batch, the
+    step's masks at the rate the decode chose them (rows with a mask, per step)."""
+    return {"encode_flops": counts["encode"] * batch_size, "mask_flops": counts["mask"],
+            "flops_per_step": counts["step"] * batch_size + masks_per_step * counts["mask"]}
 
 
 def cell_columns(flops_per_step: float | None, weight_bytes: float | None, step_latency_ms: float | None,

@@ -166,12 +166,10 @@ def skipped_row(table: str, spec: dict, reason: str, out_path, extra: dict | Non
 
 
 def cuda_absent_reason(device: str) -> str | None:
-    """A quick check that spares a torch import: no NVIDIA device node, no CUDA. (Where
-    nodes exist, the child still checks torch.cuda.is_available().)"""
-    if device != "cuda":
+    """A quick check that spares a torch import (environment.has_nvidia_gpu)."""
+    if device != "cuda" or environment.has_nvidia_gpu():
         return None
-    nodes = [p for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu") if os.path.exists(p)]
-    return None if nodes else "device cuda requested but this host has no NVIDIA GPU device (/dev/nvidia*, /dev/nvhost-*)"
+    return "device cuda requested but this host has no NVIDIA GPU device (/dev/nvidia*, /dev/nvhost-*)"
 
 
 # --- jobs --------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
     IdentityWorkload   an identity module on a fixed tensor: the harness's own overhead
     EpisodeWorkload    ALFRED-style decoding of a batch of B episodes: language encoded once,
                        then one `step` per frame with the model's own previous action (argmax),
-                       for min(max_steps, longest episode) steps. Its model and batch come from
+                       for min(max_steps, longest episode) steps, a mask decoded for each row
+                       whose chosen action interacts (the only masks ALFRED's agent uses;
+                       mask_fraction records their share). Its model and batch come from
                        the store and a model file (real cells) or from FakeEpisodeModel and
                        random tensors (harness self-tests, `--model fake`).
 
@@ -22,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from alfred_edge.bench.harness import BatchSizeError
+from alfred_edge.models.common import step_masks
 
 MASK_SHAPE = (1, 300, 300)
 FRAME_SHAPE = (512, 7, 7)
@@ -93,14 +96,14 @@ class FakeEpisodeModel(nn.Module):
         h = self.emb(lang).sum(1) / lang_lengths.unsqueeze(1)  # [B,H]
         return {"h": h, "t": 0}
 
-    def step(self, state, frames_t, prev_action=None):
+    def step(self, state, frames_t, prev_action=None, *, with_mask=True):
         self._inject_fault()
         B = frames_t.shape[0]
         e = self.go.expand(B, -1) if prev_action is None else self.act_emb(prev_action)  # [B,H]
         vis = self.vis(frames_t.mean((2, 3)))  # [B,H]
         h = self.cell(torch.cat([vis, e], 1), state["h"])
         logits = self.head(h)  # [B,V]
-        mask = F.interpolate(self.mask(h).view(B, 1, 10, 10), size=MASK_SHAPE[1:], mode="bilinear")
+        mask = step_masks(self._mask, h, logits, with_mask)
         if self.fault == "wrong_batch":
             logits, mask = logits[1:], mask[1:]
         return logits, mask, {"h": h, "t": state["t"] + 1}
@@ -117,6 +120,9 @@ class FakeEpisodeModel(nn.Module):
         if self.fault and self.fault.startswith("grow_mb:"):
             self._kept.append(torch.ones(int(float(self.fault.split(":")[1]) * 1e6 / 4)))
 
+    def _mask(self, h):  # [n,H] -> [n,1,300,300]
+        return F.interpolate(self.mask(h).view(-1, 1, 10, 10), size=MASK_SHAPE[1:], mode="bilinear")
+
 
 def fake_batch(batch_size: int, steps: int, seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
@@ -126,6 +132,7 @@ def fake_batch(batch_size: int, steps: int, seed: int = 0) -> dict:
         "lang_lengths": lengths,
         "frames": torch.randn(batch_size, steps, *FRAME_SHAPE, generator=gen),
         "distinct_episodes": batch_size,
+        "mask_actions": torch.arange(12) % 2 == 1,  # every other action of FakeEpisodeModel interacts
     }
 
 
@@ -135,6 +142,7 @@ def store_batch(store_dir: str, batch_size: int, max_steps: int, features: str) 
     that the result shows what memory mapping saves."""
     from alfred_edge.data import store
     from alfred_edge.data.loader import StoreDataset, collate
+    from alfred_edge.data.vocab import interaction_actions, load_vocab
 
     dataset = StoreDataset(store_dir)
     if len(dataset) == 0:
@@ -151,6 +159,7 @@ def store_batch(store_dir: str, batch_size: int, max_steps: int, features: str) 
         "lang_lengths": batch["lang_lengths"],
         "frames": batch["frames"][:, :steps].contiguous(),  # [B,steps,512,7,7]
         "distinct_episodes": min(batch_size, len(dataset)),
+        "mask_actions": torch.tensor(interaction_actions(load_vocab(Path(store_dir).parent / "vocab.json"))),
         "_dataset": dataset,  # keeps the "ram" copy alive for the run, as a deployment would
     }
 
@@ -167,6 +176,7 @@ class EpisodeWorkload:
         self.max_steps = max_steps
         self.encode_times_s: list[float] = []
         self.observed_batch_size = None
+        self.mask_rows = self.step_rows = 0
 
     def load(self) -> None:
         self.model = self._load_model(self.device)
@@ -179,6 +189,7 @@ class EpisodeWorkload:
         self.lang = batch["lang"].to(self.device)
         self.lang_lengths = batch["lang_lengths"].to(self.device)
         self.frames = batch["frames"].to(self.device)  # [B,T,512,7,7]
+        self.mask_actions = batch["mask_actions"].to(self.device)  # [V] bool
         if self.lang.shape[0] != self.batch_size or self.frames.shape[0] != self.batch_size:
             raise BatchSizeError(f"asked for batch {self.batch_size}, the loader gave lang "
                                  f"{tuple(self.lang.shape)} and frames {tuple(self.frames.shape)}")
@@ -192,17 +203,22 @@ class EpisodeWorkload:
         self.encode_times_s.append(time.perf_counter() - start)
         prev_action = None  # step 0 starts from the model's learned `go` input
         for t in range(self.steps_per_episode):
-            logits, mask, state = self.model.step(state, self.frames[:, t], prev_action)
+            logits, mask, state = self.model.step(state, self.frames[:, t], prev_action, with_mask=self.mask_actions)
             self._check(logits, mask, t)
             prev_action = logits.argmax(1)  # [B]: the model's own action, as in ALFRED's eval
 
     def _check(self, logits, mask, t: int) -> None:
         B = self.batch_size
         self.observed_batch_size = logits.shape[0]
-        if logits.dim() != 2 or logits.shape[0] != B or mask is None or tuple(mask.shape) != (B, *MASK_SHAPE):
+        if (logits.dim() != 2 or logits.shape[0] != B or mask is None or tuple(mask.shape[1:]) != MASK_SHAPE
+                or mask.shape[0] > B):
             raise BatchSizeError(f"step {t}: asked for batch {B}, the model returned action_logits "
                                  f"{tuple(logits.shape)} and mask_logits "
-                                 f"{None if mask is None else tuple(mask.shape)} (expected [{B},V] and [{B},1,300,300])")
+                                 f"{None if mask is None else tuple(mask.shape)} (expected [{B},V] and "
+                                 f"[n,1,300,300], n <= {B} the rows whose action interacts)")
+        self.mask_rows += mask.shape[0]
+        self.step_rows += B
 
     def info(self) -> dict:
-        return {"observed_batch_size": self.observed_batch_size, "distinct_episodes": self.distinct_episodes}
+        return {"observed_batch_size": self.observed_batch_size, "distinct_episodes": self.distinct_episodes,
+                "mask_fraction": self.mask_rows / self.step_rows if self.step_rows else None}

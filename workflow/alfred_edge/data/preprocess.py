@@ -21,10 +21,9 @@ import pandas as pd
 from alfred_edge import atomic
 from alfred_edge.data import store
 from alfred_edge.data.tokenize import tokenize
-from alfred_edge.data.vocab import ACTION_STOP, GOAL, STOP_WORD, UNK, index, load_vocab
+from alfred_edge.data.vocab import ACTION_STOP, GOAL, NON_INTERACT, STOP_WORD, UNK, index, load_vocab
 
 log = logging.getLogger("alfred_edge.data.preprocess")
-NON_INTERACT = ("MoveAhead", "Rotate", "Look", "<<stop>>", "<<pad>>", "<<seg>>")  # ALFRED's has_interaction
 
 
 class BadInput(Exception):

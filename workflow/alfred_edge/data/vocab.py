@@ -24,6 +24,7 @@ WORD_SPECIALS = ["<<pad>>", "<<seg>>", "<<goal>>", "<<stop>>", "<<unk>>"]
 ACTION_STOP = 2
 ACTION_SPECIALS = ["<<pad>>", "<<seg>>", "<<stop>>"]
 KINDS = ("word", "action_low", "action_high")
+NON_INTERACT = ("MoveAhead", "Rotate", "Look", "<<stop>>", "<<pad>>", "<<seg>>")  # ALFRED's has_interaction
 
 
 def _append_new(tokens: list[str], seen: dict[str, int], new: Iterable[str]) -> None:
@@ -65,3 +66,8 @@ def index(tokens: list[str]) -> dict[str, int]:
 
 def vocab_text(vocab: dict[str, list[str]]) -> str:
     return json.dumps({kind: vocab[kind] for kind in KINDS}, indent=1)
+
+
+def interaction_actions(vocab: dict[str, list[str]]) -> list[bool]:
+    """Per action_low id: True for the actions that act on an object (and so need a mask)."""
+    return [not name.startswith(NON_INTERACT) for name in vocab["action_low"]]

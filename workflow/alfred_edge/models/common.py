@@ -46,6 +46,18 @@ def next_input_actions(state, prev_action):
     return state["last"] if prev_action is None else prev_action
 
 
+def step_masks(mask_dec, cont_t, action_t, with_mask):
+    """The step's mask logits. with_mask True: every row [B,1,P,P]; False: None; a bool
+    tensor [V] marking the interaction actions: only the rows whose chosen action (argmax)
+    is one, in row order [n,1,P,P]. (ALFRED's evaluation decodes a mask at every step but
+    uses it only with an interaction action; the agent's outputs are the same.)"""
+    if with_mask is True:
+        return mask_dec(cont_t)
+    if with_mask is False:
+        return None
+    return mask_dec(cont_t[with_mask[action_t.argmax(1)]])
+
+
 def check_batch(batch) -> int:
     """A loader batch (see workflow/README.md): every tensor agrees on B, and the per-step
     tensors on T. Returns B."""

@@ -27,6 +27,7 @@ from .common import (
     encode_real_frames,
     gather_steps,
     next_input_actions,
+    step_masks,
 )
 
 
@@ -163,11 +164,11 @@ class Seq2SeqImMask(nn.Module):
         frames_t [B,512,7,7]; prev_action [B] long: the action taken at the previous step
         (teacher forcing), or None: the model's own argmax from the previous step. Step 0
         always starts from the learned `go` input and takes prev_action=None.
-        -> (action_logits [B,V], mask_logits [B,1,P,P] or None without with_mask, state)."""
+        -> (action_logits [B,V], mask_logits (see common.step_masks: [B,1,P,P] by default), state)."""
         check_step_inputs(state, frames_t, prev_action)
         vis_t = self.dec.vis_encoder(self.vis_dropout(frames_t))  # [B,dframe]
         cont_t, action_t, state = self._step(state, vis_t, prev_action)
-        mask_t = self.dec.mask_dec(cont_t) if with_mask else None
+        mask_t = step_masks(self.dec.mask_dec, cont_t, action_t, with_mask)
         return action_t, mask_t, state
 
     def _step(self, state, vis_t, prev_action):

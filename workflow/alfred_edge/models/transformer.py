@@ -31,6 +31,7 @@ from .common import (
     gather_steps,
     next_input_actions,
     pad_mask,
+    step_masks,
 )
 from .lstm import MaskDecoder, ResnetVisualEncoder
 from .sizes import architecture
@@ -99,10 +100,10 @@ class Seq2SeqTransformer(nn.Module):
         """One decoder step for the whole batch; the state's cache is updated in place, so
         pass each state to step once. frames_t [B,512,7,7]; prev_action [B] long (teacher
         forcing) or None (the model's own last argmax; step 0 always starts from `go`).
-        -> (action_logits [B,V], mask_logits [B,1,P,P] or None without with_mask, state)."""
+        -> (action_logits [B,V], mask_logits (see common.step_masks: [B,1,P,P] by default), state)."""
         check_step_inputs(state, frames_t, prev_action)
         cont_t, action_t, state = self._step(state, frames_t, prev_action)
-        mask_t = self.mask_dec(cont_t) if with_mask else None
+        mask_t = step_masks(self.mask_dec, cont_t, action_t, with_mask)
         return action_t, mask_t, state
 
     def _step(self, state, frames_t, prev_action):
