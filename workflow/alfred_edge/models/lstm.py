@@ -62,6 +62,7 @@ class ResnetVisualEncoder(nn.Module):
         self.bn2 = nn.BatchNorm2d(c2)
 
     def forward(self, x):  # x [B,512,7,7]
+        x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's 1x1 convs: 4x faster in fp16/bf16 on CPU
         x = F.relu(self.bn1(self.conv1(x)))  # [B,256,7,7]
         x = F.relu(self.bn2(self.conv2(x)))  # [B,64,7,7]
         return self.fc(x.reshape(x.shape[0], FLAT))  # [B,dframe]
@@ -83,6 +84,8 @@ class MaskDecoder(nn.Module):
 
     def forward(self, x):  # x [B,d_in]
         x = F.relu(self.d1(x)).reshape(-1, 64, 7, 7)
+        if x.dtype == torch.float32:  # oneDNN's transposed convs on CPU: ~3x faster channels-last in
+            x = x.contiguous(memory_format=torch.channels_last)  # float32, slower in fp16/bf16
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # [B,64,14,14]
         x = F.relu(self.bn2(self.dconv3(x)))  # [B,32,28,28]
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # [B,32,56,56]
