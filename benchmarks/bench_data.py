@@ -108,7 +108,7 @@ def bench_store(n_traj: int, batch: int) -> None:
         store8 = sum(f.stat().st_size for f in (tmp / "uint8").iterdir())
         ds16, ds8 = StoreDataset(tmp / "float16"), StoreDataset(tmp / "uint8")
         abs_err, rel_err, peak = 0.0, 0.0, 0.0
-        for i, task in enumerate(ds8.trajectories.task):
+        for i, task in enumerate(ds8.trajectories["task"]):
             raw = torch.load(tree / "train" / task / "feat_conv.pt", weights_only=True).numpy()
             err = np.abs(ds8.trajectory_frames(i).numpy() - raw)
             abs_err, peak = max(abs_err, float(err.max())), max(peak, float(raw.max()))
@@ -116,7 +116,7 @@ def bench_store(n_traj: int, batch: int) -> None:
         print(f"\n2. store / raw feature bytes: float16 {store16 / raw_bytes:.3f} (goal <= 0.51), "
               f"uint8 {store8 / raw_bytes:.3f} (goal <= 0.26)")
         print(f"   uint8 reconstruction error: max |x - x'| = {abs_err:.4f} (feature max {peak:.2f}), "
-              f"mean |x - x'| / mean x = {rel_err / len(ds8.trajectories):.4f}")
+              f"mean |x - x'| / mean x = {rel_err / len(ds8.trajectories['task']):.4f}")
 
         rng = random.Random(0)
         n_batches = 10
@@ -132,7 +132,7 @@ def bench_store(n_traj: int, batch: int) -> None:
                 collate([ds16[i] for i in pick])
                 store_s.append(time.perf_counter() - start)
                 start = time.perf_counter()
-                frames = [torch.load(tree / "train" / ds16.annotations.task.iloc[i] / "feat_conv.pt", weights_only=True)
+                frames = [torch.load(tree / "train" / ds16.annotations["task"][i].as_py() / "feat_conv.pt", weights_only=True)
                           for i in pick]
                 _pad(frames, max(len(f) for f in frames))
                 load_s.append(time.perf_counter() - start)

@@ -117,7 +117,7 @@ def test_other_dtypes(real_tree, tmp_path, dtype):
     meta = build_store(tree, splits_file, tmp_path, splits=["train", "valid_seen"], dtype=dtype)["valid_seen"]
     ds = StoreDataset(tmp_path / "valid_seen")
     frames = ds.trajectory_frames(0).numpy()
-    raw = torch.load(tree / "valid_seen" / ds.trajectories.task[0] / "feat_conv.pt", weights_only=True).numpy()
+    raw = torch.load(tree / "valid_seen" / ds.trajectories["task"][0] / "feat_conv.pt", weights_only=True).numpy()
     if dtype == "float32":
         assert (frames == raw).all()
     else:

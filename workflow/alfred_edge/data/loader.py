@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
@@ -33,22 +33,24 @@ MASK_SIZE = 300
 
 
 class StoreDataset(Dataset):
-    """One split's store; items are annotations, frames come from the memory map."""
+    """One split's store; items are annotations, frames come from the memory map.
+    `annotations` is a pyarrow Table (rows are read one at a time), `trajectories` a dict of
+    columns: pyarrow alone, as the standalone benchmark runner on a board has no pandas."""
 
     def __init__(self, store_dir: str | Path):
         self.store_dir = Path(store_dir)
         if not (self.store_dir / store.META).exists():
             raise FileNotFoundError(f"{self.store_dir}: not a store (no {store.META}); run the preprocess rule")
         self.meta = store.read_meta(self.store_dir)
-        self.trajectories = pd.read_parquet(self.store_dir / store.TRAJECTORIES)
-        self.annotations = pd.read_parquet(self.store_dir / store.ANNOTATIONS)
-        self._offsets = self.trajectories["frame_offset"].to_numpy()
-        self._lengths = self.trajectories["n_frames"].to_numpy()
+        self.trajectories = pq.read_table(self.store_dir / store.TRAJECTORIES).to_pydict()
+        self.annotations = pq.read_table(self.store_dir / store.ANNOTATIONS)
+        self._offsets = np.asarray(self.trajectories["frame_offset"], dtype=np.int64)
+        self._lengths = np.asarray(self.trajectories["n_frames"], dtype=np.int64)
         self._frames = None  # opened lazily, so that DataLoader workers open their own map
         self._scales = None
 
     def __len__(self) -> int:
-        return len(self.annotations)
+        return self.annotations.num_rows
 
     def trajectory_frames(self, traj_idx: int) -> torch.Tensor:
         """float32 [n_frames, 512, 7, 7] of one trajectory (reads only its rows)."""
@@ -62,7 +64,7 @@ class StoreDataset(Dataset):
         return store.dequantize(rows, scale)
 
     def __getitem__(self, i: int) -> dict:
-        row = self.annotations.iloc[i]
+        row = self.annotations.slice(i, 1).to_pylist()[0]
         pairs = np.asarray(row["mask_pairs"], dtype=np.int64)
         runs = np.asarray(row["mask_rle"], dtype=np.int32).reshape(-1, 2)
         return {
