@@ -94,6 +94,7 @@ def replicate_store(store: Path, out: Path, times: int) -> Path:
     for name in (store_format.META, "rejected.parquet"):
         if (store / name).exists():
             shutil.copy(store / name, out / name)
+    shutil.copy(store.parent / "vocab.json", out.parent / "vocab.json")
     meta.update(n_trajectories=n_traj * times, n_annotations=len(annotations) * times, n_frames=n_frames * times)
     (out / store_format.META).write_text(json.dumps(meta))
     return out
@@ -112,6 +113,7 @@ def cell(models: Path, store: Path, out: Path, variant: str, batch: int, args, t
         raise SystemExit(f"cell {tag} failed: {row['status']}: {row['error']}")
     print(f"  {tag:<22} p50 {row['latency_p50_ms']:9.1f} ms  step p50 {row['step_latency_p50_ms']:8.2f} ms  "
           f"per-sample {row['sample_latency_p50_ms']:9.1f} ms  n={row['iterations']:3d} steps={row['steps_per_episode']}  "
+          f"masks {row['mask_fraction']:.2f}  "
           f"peak RSS {row['peak_rss_mb']:6.0f} MB (inference {row['peak_rss_inference_mb']:6.0f} MB)  "
           f"gap {row['harness_gap_fraction'] * 100:+.2f} %  iqr/p50 {row['spread_iqr_ratio']:.2f}  "
           f"CPU p50 {row['cpu_time_p50_ms']:8.1f} ms (utilization {row['cpu_utilization']:.2f})", flush=True)

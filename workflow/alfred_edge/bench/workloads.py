@@ -159,9 +159,18 @@ def store_batch(store_dir: str, batch_size: int, max_steps: int, features: str) 
         "lang_lengths": batch["lang_lengths"],
         "frames": batch["frames"][:, :steps].contiguous(),  # [B,steps,512,7,7]
         "distinct_episodes": min(batch_size, len(dataset)),
-        "mask_actions": torch.tensor(interaction_actions(load_vocab(Path(store_dir).parent / "vocab.json"))),
+        "mask_actions": torch.tensor(interaction_actions(load_vocab(_vocab_path(store_dir)))),
         "_dataset": dataset,  # keeps the "ram" copy alive for the run, as a deployment would
     }
+
+
+def _vocab_path(store_dir: str) -> Path:
+    """The store's vocab.json, beside its split folders: it says which actions interact."""
+    path = Path(store_dir).parent / "vocab.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no vocabulary beside the store split {store_dir} (copy the pipeline's "
+                                "data/store/vocab.json with the split: it says which actions need a mask)")
+    return path
 
 
 class EpisodeWorkload:
