@@ -42,8 +42,10 @@ def chromium() -> str:
     return binary
 
 
-def build_report(root: Path, hosts, models_tables: bool = True, storage: bool = True, capacity: bool = True) -> Path:
-    """Benchmark files of `hosts` → results.parquet → summary.html, as the two rules do."""
+def build_report(root: Path, hosts, models_tables: bool = True, storage: bool = True, capacity: bool = True,
+                 workers: int = 2) -> Path:
+    """Benchmark files of `hosts` → results.parquet → summary.html, as the two rules do (the
+    figures drawn in `workers` processes, as the summary rule draws them)."""
     bench = root / "reports" / "bench"
     for seed, host in enumerate(hosts):
         fx.write_host(bench, host, seed=seed)
@@ -64,7 +66,7 @@ def build_report(root: Path, hosts, models_tables: bool = True, storage: bool = 
         ram_budgets_gb={"jetson-4gb": 4.0, "jetson-8gb": 8.0, "host": "auto"},
     )
     page = root / "reports" / "summary.html"
-    html.write_summary(report, page, root / "reports" / "plots")
+    html.write_summary(report, page, root / "reports" / "plots", workers=workers)
     return page
 
 
@@ -149,6 +151,15 @@ def test_plot_files_are_written_beside_the_page(two_host_page):
                                      "roofline", "training")} <= names
     assert {f"{key}.svg" for key in html.KEY_FIGURES} <= names
     assert (plot_dir / "latency.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_figures_drawn_in_worker_processes_equal_those_drawn_in_one(two_host_page, tmp_path):
+    serial = build_report(tmp_path, [fx.LAPTOP, fx.JETSON], workers=1)
+    parallel_plots, serial_plots = two_host_page.parent / "plots", serial.parent / "plots"
+    names = sorted(p.name for p in parallel_plots.iterdir())
+    assert names == sorted(p.name for p in serial_plots.iterdir()) and "latency.png" in names
+    for name in (n for n in names if n.endswith(".png")):
+        assert (parallel_plots / name).read_bytes() == (serial_plots / name).read_bytes(), name
 
 
 def test_sections_say_why_their_data_is_missing(tmp_path):

@@ -60,6 +60,7 @@ rule summary:
         ),
     log:
         "logs/summary/summary.log",
+    threads: 2  # the figures are drawn in parallel processes
     resources:
         disk_mb=5,
     params:

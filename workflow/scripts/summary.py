@@ -15,5 +15,5 @@ with job_logging(snakemake) as log:  # noqa: F821 (snakemake is injected)
         storage_budget_gb=params.storage_plan["budget_bytes"] / 1e9,
         ram_budgets_gb=dict(params.ram_budgets_gb),
     )
-    html.write_summary(report, outputs.html, outputs.plots)
+    html.write_summary(report, outputs.html, outputs.plots, workers=snakemake.threads)  # noqa: F821
     log.info("wrote %s (%d cells) and %s", outputs.html, len(report.cells), outputs.plots)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,31 +68,66 @@ def environment() -> jinja2.Environment:
     )
 
 
-def draw_figures(inputs: ReportInputs, fits: pd.DataFrame, budgets: pd.DataFrame, plots_dir: Path | None):
-    """Draw every figure that has data; write PNG (and SVG for key ones) into plots_dir."""
+def figure_makers(inputs: ReportInputs, fits: pd.DataFrame, budgets: pd.DataFrame) -> dict:
+    """{name: (title, make)}: make() draws the figure, or returns None without data."""
     cells = inputs.cells
-    makers = {
-        "latency": ("Latency against batch", lambda: plots.latency_figure(cells)),
-        "sample_latency": ("Latency per sample", lambda: plots.sample_latency_figure(cells)),
-        "throughput": ("Throughput", lambda: plots.throughput_figure(cells)),
-        "ram": ("Peak RAM against batch", lambda: plots.ram_figure(cells, fits, budgets)),
-        "energy": ("Energy per sample", lambda: plots.energy_figure(cells, tables.power_reasons(cells))),
-        "accuracy": ("Accuracy, latency and file size", lambda: plots.accuracy_figure(cells)),
-        "roofline": ("Roofline efficiency", lambda: plots.roofline_figure(cells)),
+
+    def of_cells(draw):
+        return lambda: None if cells.empty else draw()
+
+    return {
+        "latency": ("Latency against batch", of_cells(lambda: plots.latency_figure(cells))),
+        "sample_latency": ("Latency per sample", of_cells(lambda: plots.sample_latency_figure(cells))),
+        "throughput": ("Throughput", of_cells(lambda: plots.throughput_figure(cells))),
+        "ram": ("Peak RAM against batch", of_cells(lambda: plots.ram_figure(cells, fits, budgets))),
+        "energy": ("Energy per sample", of_cells(lambda: plots.energy_figure(cells, tables.power_reasons(cells)))),
+        "accuracy": ("Accuracy, latency and file size", of_cells(lambda: plots.accuracy_figure(cells))),
+        "roofline": ("Roofline efficiency", of_cells(lambda: plots.roofline_figure(cells))),
         "training": ("Training curves", lambda: plots.training_figure(inputs.training)),
         "storage": ("Storage plan", lambda: plots.storage_figure(inputs.storage_stages, inputs.storage_budget_gb)),
     }
-    figures = {}
-    for name, (title, make) in makers.items():
-        fig = make() if not cells.empty or name in ("training", "storage") else None
-        if fig is None:
-            continue
-        figures[name] = Figure(name, title, plots.render_png(fig))
-        if plots_dir is not None:
-            (plots_dir / f"{name}.png").write_bytes(figures[name].png)
-            if name in KEY_FIGURES and len(cells) <= SVG_MAX_CELLS:
-                (plots_dir / f"{name}.svg").write_bytes(plots.render_svg(fig))
+
+
+_MAKERS: dict = {}  # the figures being drawn; forked workers inherit it (no pickling of the tables)
+
+
+def _draw(name: str, with_svg: bool) -> tuple[bytes, bytes | None] | None:
+    fig = _MAKERS[name][1]()
+    if fig is None:
+        return None
+    try:
+        return plots.render_png(fig), plots.render_svg(fig) if with_svg and name in KEY_FIGURES else None
+    finally:
         plots.close(fig)
+
+
+def draw_figures(inputs: ReportInputs, fits, budgets, plots_dir: Path | None, workers: int = 1) -> dict:
+    """Draw every figure that has data, in `workers` forked processes (matplotlib draws on one
+    core; a sweep of thousands of cells spends most of the report's time here); write PNG
+    (and SVG for the key ones while the sweep is small) into plots_dir."""
+    global _MAKERS
+    _MAKERS = figure_makers(inputs, fits, budgets)
+    titles = {name: title for name, (title, _) in _MAKERS.items()}
+    names, with_svg = list(titles), plots_dir is not None and len(inputs.cells) <= SVG_MAX_CELLS
+    try:
+        if workers > 1:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(min(workers, len(names)), mp_context=context) as pool:
+                drawn = dict(zip(names, pool.map(_draw, names, [with_svg] * len(names))))
+        else:
+            drawn = {name: _draw(name, with_svg) for name in names}
+    finally:
+        _MAKERS = {}
+    figures = {}
+    for name, images in drawn.items():
+        if images is None:
+            continue
+        png, svg = images
+        figures[name] = Figure(name, titles[name], png)
+        if plots_dir is not None:
+            (plots_dir / f"{name}.png").write_bytes(png)
+            if svg is not None:
+                (plots_dir / f"{name}.svg").write_bytes(svg)
     return figures
 
 
@@ -99,7 +136,7 @@ def records(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return list(map(str, frame.columns)), [[tables.fmt(v) for v in row] for row in frame.itertuples(index=False)]
 
 
-def context(inputs: ReportInputs, plots_dir: Path | None) -> dict:
+def context(inputs: ReportInputs, plots_dir: Path | None, workers: int = 1) -> dict:
     cells = inputs.cells
     budgets = tables.budgets_per_host(cells, inputs.capacity, inputs.ram_budgets_gb)
     fits = tables.ram_fits(inputs.capacity)
@@ -112,7 +149,7 @@ def context(inputs: ReportInputs, plots_dir: Path | None) -> dict:
         "hosts": hosts,
         "counts": cells["status"].value_counts().sort_index().to_dict(),
         "cell_count": len(cells),
-        "figures": draw_figures(inputs, fits, budgets, plots_dir),
+        "figures": draw_figures(inputs, fits, budgets, plots_dir, workers),
         "headline": tables.headline(cells, budgets),
         "budgets": [{"host": b.host, "budget": b.budget, "mb": tables.fmt(b.budget_mb)} for b in budgets.itertuples()],
         "capacity": tables.capacity_rows(inputs.capacity),  # (budget names, rows)
@@ -131,13 +168,14 @@ def context(inputs: ReportInputs, plots_dir: Path | None) -> dict:
     }
 
 
-def render(inputs: ReportInputs, plots_dir: Path | None = None) -> str:
+def render(inputs: ReportInputs, plots_dir: Path | None = None, workers: int = 1) -> str:
     """The page's HTML; with plots_dir, the figures are also written there."""
-    return environment().get_template(TEMPLATE_NAME).render(**context(inputs, plots_dir))
+    return environment().get_template(TEMPLATE_NAME).render(**context(inputs, plots_dir, workers))
 
 
-def write_summary(inputs: ReportInputs, html_path: str | Path, plots_dir: str | Path) -> None:
-    """Write the page and the plot files, each atomically (the plots as one folder)."""
+def write_summary(inputs: ReportInputs, html_path: str | Path, plots_dir: str | Path, workers: int = 1) -> None:
+    """Write the page and the plot files, each atomically (the plots as one folder); the
+    figures are drawn in `workers` processes."""
     with atomic_path(plots_dir, directory=True) as tmp_plots:
-        page = render(inputs, tmp_plots)
+        page = render(inputs, tmp_plots, workers)
         write_text(html_path, page)
