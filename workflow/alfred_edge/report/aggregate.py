@@ -5,6 +5,7 @@ reports/capacity.parquet, every host's capacity rows."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from functools import lru_cache
@@ -49,33 +50,46 @@ def results_schema() -> pa.Schema:
     return pa.schema(fields, metadata={"table": "results", "schema_version": str(doc["version"])})
 
 
+FOLDER_HOST = "_folder_host"
+
+
 def read_table(path: Path, bench_dir: Path, schema: pa.Schema) -> pa.Table:
-    """One benchmark file conformed to `schema`: columns it lacks (an older harness) are
-    null, columns the schema does not have are left out. A file that cannot be read becomes
-    one `error` row naming it, host taken from its folder, so the report shows it."""
+    """One benchmark file's columns that `schema` has, with its source_file and the host of
+    its folder (conform() fills a missing host from it). A file that cannot be read becomes
+    one `error` row naming it, so the report shows it."""
     source = str(path.relative_to(bench_dir))
-    host = discover.host_of(path, bench_dir)
     try:
         parquet = pq.ParquetFile(path)
         table = parquet.read(columns=[n for n in parquet.schema_arrow.names if n in schema.names], use_threads=False)
     except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
         log.warning("could not read %s: %s", path, exc)
-        row = {"host": host, "status": "error", "error": f"could not read benchmark file {source}: {exc}"}
-        table = pa.Table.from_pylist([row])
+        table = pa.Table.from_pylist([{"status": "error", "error": f"could not read benchmark file {source}: {exc}"}])
+    folder_host = discover.host_of(path, bench_dir)
+    table = table.drop_columns([n for n in ("source_file",) if n in table.column_names])
+    table = table.append_column("source_file", pa.array([source] * table.num_rows, pa.string()))
+    return table.append_column(FOLDER_HOST, pa.array([folder_host] * table.num_rows, pa.string()))
+
+
+def conform(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Tables from read_table, in order, in the columns of `schema`: columns a file lacks (an
+    older harness) are null, a missing host is its folder's. Runs of files with one schema
+    (all of one harness version) are concatenated and cast once, not file by file."""
+    runs = [pa.concat_tables(list(run)) for _, run in itertools.groupby(tables, key=lambda t: t.schema)]
+    return pa.concat_tables([_conform_run(run, schema) for run in runs]) if runs else schema.empty_table()
+
+
+def _conform_run(table: pa.Table, schema: pa.Schema) -> pa.Table:
     columns = []
     for field in schema:
-        if field.name == "source_file":
-            columns.append(pa.array([source] * table.num_rows, pa.string()))
+        if field.name == "host" and "host" in table.column_names:
+            columns.append(pc.coalesce(table["host"].cast(field.type), table[FOLDER_HOST]))
+        elif field.name == "host":
+            columns.append(table[FOLDER_HOST])
         elif field.name in table.column_names:
             columns.append(table[field.name].cast(field.type))
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
-    conformed = pa.Table.from_arrays(columns, schema=schema)
-    if "host" in schema.names and conformed["host"].null_count:
-        conformed = conformed.set_column(
-            schema.get_field_index("host"), "host", pc.fill_null(conformed["host"], host)
-        )
-    return conformed
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def read_tables(files: Iterable[str | Path], bench_dir: str | Path, schema: pa.Schema,
@@ -87,8 +101,7 @@ def read_tables(files: Iterable[str | Path], bench_dir: str | Path, schema: pa.S
     bench_dir = Path(bench_dir)
     files = [Path(path) for path in files]
     if cache_path is None:
-        tables = [read_table(path, bench_dir, schema) for path in files]
-        return pa.concat_tables(tables) if tables else schema.empty_table()
+        return conform([read_table(path, bench_dir, schema) for path in files], schema)
     cache = read_cache(cache_path, schema)
     rows_of = {}  # digest -> row indices in the cache
     for index, digest in enumerate(cache[CACHE_DIGEST].to_pylist()):
@@ -102,9 +115,10 @@ def read_tables(files: Iterable[str | Path], bench_dir: str | Path, schema: pa.S
         else:
             table = read_table(path, bench_dir, schema)
             parsed.append(table.append_column(CACHE_DIGEST, pa.array([digest] * table.num_rows, pa.string())))
+    parsed = conform(parsed, schema.append(pa.field(CACHE_DIGEST, pa.string())))
     reused = cache.take(pa.array(cached_rows, pa.int64()))  # one take: per-file takes cost more than parsing
     reused = reused.set_column(schema.get_field_index("source_file"), "source_file", pa.array(cached_sources, pa.string()))
-    combined = pa.concat_tables([reused, *parsed]).combine_chunks()
+    combined = pa.concat_tables([reused, parsed]).combine_chunks()
     write_parquet(combined, cache_path)
     return combined.drop_columns([CACHE_DIGEST])
 
