@@ -80,20 +80,37 @@ def panel_title(host: str, device: str, width: int = 44) -> str:
     return title.replace("$", r"\$")
 
 
-def panel_grid(count: int, sharey: bool = True, size=PANEL_SIZE):
+def panel_grid(count: int, size=PANEL_SIZE):
+    """A grid of `count` panels. Their y axes are not shared by matplotlib: with dozens of
+    panels, every shared autoscale touches every sibling (quadratic; most of the drawing
+    time at 50 panels); finish(same_y=True) gives them one y range instead."""
     columns = min(count, MAX_COLUMNS)
     rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(size[0] * columns, size[1] * rows + 0.7), sharey=sharey, squeeze=False
-    )
+    fig, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows + 0.7), squeeze=False)
     flat = axes.ravel()
     for ax in flat[count:]:
         ax.set_visible(False)
     return fig, flat[:count]
 
 
-def finish(fig, axes, title: str, legend_from=None) -> None:
-    fig.suptitle(title, fontsize=12)
+def same_y_range(axes) -> None:
+    """One y range over the panels that hold data (the union of their own ranges), y tick
+    labels on the first column only: what sharey=True looks like."""
+    drawn = [ax for ax in axes if ax.has_data()]
+    if not drawn:
+        return
+    lows, highs = zip(*(ax.get_ylim() for ax in drawn))
+    for ax in drawn:
+        ax.set_ylim(min(lows), max(highs))
+    for index, ax in enumerate(axes):
+        if index % MAX_COLUMNS:
+            ax.tick_params(labelleft=False)
+
+
+def finish(fig, axes, title: str, legend_from=None, same_y: bool = True) -> None:
+    if same_y:
+        same_y_range(axes)
+    fig.suptitle(title, fontsize=12, y=1 - 0.08 / fig.get_figheight())  # in the top margin, above the panel titles
     handles, labels = [], []
     for ax in axes if legend_from is None else [legend_from]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -248,7 +265,7 @@ def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
     lines_of = {tuple(fit[:5]): fit[5:] for fit in fits[
         ["host", "device", "model", "variant", "features", "fit_intercept_mb", "fit_slope_mb_per_sample"]
     ].itertuples(index=False)}
-    fig, axes = panel_grid(len(panels), sharey=False)
+    fig, axes = panel_grid(len(panels))
     for ax, ((host, device), series) in zip(axes, panels.items()):
         batches = batches_of(series)
         xs = np.geomspace(1.0, float(batches.max()), 24)  # straight lines curve on a log axis
@@ -262,7 +279,7 @@ def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
         batch_axis(ax, batches)
         ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
     axes[0].set_ylabel("peak RSS (MB)")
-    finish(fig, axes, "Peak RAM against batch: measured (points), fitted (dashed), budgets (dotted)")
+    finish(fig, axes, "Peak RAM against batch: measured (points), fitted (dashed), budgets (dotted)", same_y=False)
     return fig
 
 
