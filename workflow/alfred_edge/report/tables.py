@@ -73,7 +73,9 @@ def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
 def headline(cells: pd.DataFrame, budgets: pd.DataFrame) -> list[dict]:
     """Per host/device: fastest at batch 1, highest throughput, the accuracy/latency front."""
     result = []
-    for (host, device), panel in ok(cells).groupby(["host", "device"], sort=True):
+    columns = ["host", "device", "device_name", "model", "variant", "batch_size", "sample_latency_p50_ms",
+               "throughput_samples_per_s", "accuracy_valid_seen", "peak_rss_mb"]  # a row of 180 columns costs
+    for (host, device), panel in ok(cells)[columns].groupby(["host", "device"], sort=True):
         entry = {"host": host, "device": device, "device_name": fmt(panel["device_name"].dropna().iloc[0])
                  if panel["device_name"].notna().any() else "–"}
         batch1 = panel[(panel["batch_size"] == 1) & panel["sample_latency_p50_ms"].notna()]
@@ -149,7 +151,9 @@ def power_reasons(cells: pd.DataFrame) -> dict[str, str]:
 
 
 def power_cells(cells: pd.DataFrame) -> list[dict]:
-    measured = ok(cells)[ok(cells)["mean_power_w"].notna() | ok(cells)["energy_per_sample_j"].notna()]
+    rows = ok(cells)[["host", "device", "model", "variant", "batch_size", "idle_power_w", "mean_power_w",
+                      "energy_per_sample_j", "energy_per_sample_above_idle_j", "power_method"]]
+    measured = rows[rows["mean_power_w"].notna() | rows["energy_per_sample_j"].notna()]
     return [
         {"host": row["host"], "device": row["device"], "cell": cell_name(row), "idle": fmt(row["idle_power_w"]),
          "mean": fmt(row["mean_power_w"]), "energy": fmt(row["energy_per_sample_j"]),
@@ -181,7 +185,8 @@ def roofline(cells: pd.DataFrame) -> list[dict]:
 
 def failures(cells: pd.DataFrame) -> list[dict]:
     """Failed and skipped cells grouped by host, device, status and reason."""
-    bad = cells[cells["status"] != "ok"].fillna({"error": "(no reason recorded)", "device": "–"})
+    columns = ["host", "device", "status", "error", "model", "variant", "batch_size", "source_file"]
+    bad = cells.loc[cells["status"] != "ok", columns].fillna({"error": "(no reason recorded)", "device": "–"})
     result = []
     for (host, device, status, reason), group in bad.groupby(["host", "device", "status", "error"], sort=True):
         names = [cell_name(row) if pd.notna(row["batch_size"]) else str(row["source_file"]) for row in group.to_dict("records")]
@@ -193,11 +198,12 @@ def failures(cells: pd.DataFrame) -> list[dict]:
 def environments(cells: pd.DataFrame) -> tuple[list[str], list[dict]]:
     """Hosts as columns, one row per environment field: several values are joined."""
     hosts = sorted(cells["host"].dropna().unique())
+    by_host = {host: group for host, group in cells[["host", *ENVIRONMENT_COLUMNS, "ts_utc"]].groupby("host")}
     rows = []
     for column in ENVIRONMENT_COLUMNS + ["ts_utc"]:
         values = {}
         for host in hosts:
-            seen = cells.loc[cells["host"] == host, column].dropna().unique()
+            seen = by_host[host][column].dropna().unique()
             if column == "ts_utc" and len(seen):
                 values[host] = f"{min(seen)} … {max(seen)}"
             else:
