@@ -53,18 +53,17 @@ def episode_flops(torch, model, lang, lang_lengths, frames) -> dict:
 
     lang, lang_lengths, frames = lang[:1, :int(lang_lengths[0])], lang_lengths[:1], frames[:1]
 
-    def counted(fn):
+    def counted(fn):  # -> (fn's result, its FLOPs)
         with FlopCounterMode(display=False) as counter:
-            fn()
-        return float(counter.get_total_flops())
+            result = fn()
+        return result, float(counter.get_total_flops())
 
     with torch.inference_mode():
-        encode = counted(lambda: model.encode(lang, lang_lengths))
-        state = model.encode(lang, lang_lengths)
+        state, encode = counted(lambda: model.encode(lang, lang_lengths))
         logits, _, state = model.step(state, frames[:, 0], None, with_mask=False)
         frame, action = frames[:, min(1, frames.shape[1] - 1)], logits.argmax(1)
-        with_mask = counted(lambda: model.step(copy.deepcopy(state), frame, action, with_mask=True))
-        step = counted(lambda: model.step(state, frame, action, with_mask=False))
+        _, with_mask = counted(lambda: model.step(copy.deepcopy(state), frame, action, with_mask=True))
+        _, step = counted(lambda: model.step(state, frame, action, with_mask=False))
     return {"encode": encode, "step": step, "mask": with_mask - step}
 
 

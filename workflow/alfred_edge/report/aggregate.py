@@ -60,12 +60,12 @@ def read_table(path: Path, bench_dir: Path, schema: pa.Schema) -> pa.Table:
     source = str(path.relative_to(bench_dir))
     try:
         parquet = pq.ParquetFile(path)
-        table = parquet.read(columns=[n for n in parquet.schema_arrow.names if n in schema.names], use_threads=False)
+        own = [n for n in parquet.schema_arrow.names if n in schema.names and n not in ("source_file", FOLDER_HOST)]
+        table = parquet.read(columns=own, use_threads=False)
     except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
         log.warning("could not read %s: %s", path, exc)
         table = pa.Table.from_pylist([{"status": "error", "error": f"could not read benchmark file {source}: {exc}"}])
     folder_host = discover.host_of(path, bench_dir)
-    table = table.drop_columns([n for n in ("source_file",) if n in table.column_names])
     table = table.append_column("source_file", pa.array([source] * table.num_rows, pa.string()))
     return table.append_column(FOLDER_HOST, pa.array([folder_host] * table.num_rows, pa.string()))
 
