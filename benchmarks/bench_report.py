@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=25)
     parser.add_argument("--batches", type=int, default=25)
     parser.add_argument("--keep", type=Path, help="write here and keep (default: a temporary folder)")
-    parser.add_argument("--workers", type=int, default=2, help="processes drawing the figures (the summary rule's threads)")
+    parser.add_argument("--workers", type=int, default=2, help="processes parsing files and drawing figures (the report rules' threads)")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-report-"))
     bench, reports = root / "reports" / "bench", root / "reports"
@@ -52,13 +52,15 @@ def main() -> None:
 
         files = discover.bench_files(bench)
         cache = reports / ".cache" / "bench_cells.parquet"
-        first = timed(lambda: aggregate.aggregate(files, bench, evals, cache))  # cache: none yet
+        first = timed(lambda: aggregate.aggregate(files, bench, evals, cache, args.workers))  # cache: none yet
         now = dt.datetime.now(dt.timezone.utc)
         extra = fx.cell_row(fx.LAPTOP, "cpu", "lstm", "fp32", 1, np.random.default_rng(0), now)
         fx.write("cells", extra | {"host": "board00"}, bench / "board00" / "cells" / "rerun" / "b1.parquet")
         files = discover.bench_files(bench)
-        results, rerun_s = timed(lambda: aggregate.aggregate(files, bench, evals, cache))
-        capacity, capacity_s = timed(lambda: aggregate.aggregate_capacity(discover.bench_files(bench, "capacity"), bench))
+        results, rerun_s = timed(lambda: aggregate.aggregate(files, bench, evals, cache, args.workers))
+        capacity, capacity_s = timed(
+            lambda: aggregate.aggregate_capacity(discover.bench_files(bench, "capacity"), bench, args.workers)
+        )
         write_parquet(results, reports / "results.parquet")
         write_parquet(capacity, reports / "capacity.parquet")
 

@@ -114,3 +114,14 @@ def test_the_cache_gives_the_same_table_and_follows_changed_and_removed_files(tm
     # A damaged cache is ignored.
     cache.write_bytes(b"not parquet")
     assert aggregate.aggregate(discover.bench_files(bench), bench, cache_path=cache).num_rows == len(files) - 1
+
+
+def test_files_parsed_in_worker_processes_give_the_same_table(two_hosts, tmp_path, monkeypatch):
+    bench, evals, _ = two_hosts
+    files = discover.bench_files(bench)
+    serial = aggregate.aggregate(files, bench, evals)
+    monkeypatch.setattr(aggregate, "PARALLEL_FROM_FILES", 10)  # the fixture's 96 files in two shares
+    assert aggregate.aggregate(files, bench, evals, workers=2).equals(serial)
+    cache = tmp_path / "cells.parquet"
+    assert aggregate.aggregate(files, bench, evals, cache, workers=2).equals(serial)
+    assert aggregate.aggregate(files, bench, evals, cache, workers=2).equals(serial)  # from the cache

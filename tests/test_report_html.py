@@ -141,7 +141,25 @@ def test_figure_panels_put_hosts_side_by_side(two_host_page):
                                                   [(fx.LAPTOP.name, "cpu"), (fx.JETSON.name, "cpu"), (fx.JETSON.name, "cuda")]]
     assert len({round(ax.get_position().y0, 3) for ax in panels}) == 1
     assert all(ax.get_yscale() == "log" for ax in panels)
+    # Ticks inside the shared y range, labelled as plain numbers (no mathtext), on the first panel only.
+    low, high = panels[0].get_ylim()
+    ticks = panels[0].get_yticks()
+    assert 2 <= len(ticks) <= 6 and all(low <= t <= high for t in ticks)
+    assert all(label.get_text() and "$" not in label.get_text() for label in panels[0].get_yticklabels())
+    assert not panels[1].yaxis.get_tick_params()["labelleft"]
     plots.close(fig)
+
+
+@pytest.mark.parametrize("low, high, base, expected", [
+    (12, 6000, 10, [30, 100, 300, 1000, 3000]),  # 1-2-5 would give 8: 1-3 steps
+    (3, 40, 10, [5, 10, 20]),
+    (0.5, 20, 10, [0.5, 1, 2, 5, 10, 20]),
+    (1, 10 ** 6, 10, [1, 100, 10 ** 4, 10 ** 6]),  # too many powers: every other one
+    (150, 180, 10, [150, 160, 170, 180]),  # no power of ten inside: evenly spaced
+    (1, 256, 2, [1, 4, 16, 64, 256]),
+])
+def test_log_ticks_stay_inside_the_range_and_few(low, high, base, expected):
+    assert plots.log_ticks(low, high, base) == pytest.approx(expected)
 
 
 def test_plot_files_are_written_beside_the_page(two_host_page):

@@ -21,6 +21,7 @@ rule aggregate:
         capacity="reports/capacity.parquet",
     log:
         "logs/aggregate/aggregate.log",
+    threads: 2  # thousands of files are parsed in parallel processes
     resources:
         disk_mb=1,
     params:

@@ -6,8 +6,9 @@ from alfred_edge.report import aggregate
 
 with job_logging(snakemake) as log:  # noqa: F821 (snakemake is injected)
     params, inputs, outputs = snakemake.params, snakemake.input, snakemake.output  # noqa: F821
-    results = aggregate.aggregate(inputs.cells, params.bench_dir, inputs.evals, params.cache)
-    capacity = aggregate.aggregate_capacity(inputs.capacity, params.bench_dir)
+    workers = snakemake.threads  # noqa: F821
+    results = aggregate.aggregate(inputs.cells, params.bench_dir, inputs.evals, params.cache, workers)
+    capacity = aggregate.aggregate_capacity(inputs.capacity, params.bench_dir, workers)
     write_parquet(results, outputs.results)
     write_parquet(capacity, outputs.capacity)
     log.info("%d cells from %d files, %d capacity rows", results.num_rows, len(inputs.cells), capacity.num_rows)

@@ -107,12 +107,48 @@ def same_y_range(axes) -> None:
             ax.tick_params(labelleft=False)
 
 
-def finish(fig, axes, title: str, legend_from=None, same_y: bool = True) -> None:
+def log_ticks(low: float, high: float, base: int, most: int = 6) -> list[float]:
+    """Tick positions for a log axis from low to high. Base 10: 1-2-5, else 1-3, else 1 times
+    the powers of ten, the first of these giving 3 to `most` ticks; base 2: the powers of 2.
+    Where too many, every k-th; where fewer than two, evenly spaced values. Fixed ticks with
+    plain labels: the default locator makes ticks beyond the view and mathtext labels, most
+    of the drawing time of a figure of many panels."""
+    exponents = range(math.floor(math.log(low, base)), math.ceil(math.log(high, base)) + 1)
+    steps = ((1, 2, 5), (1, 3), (1,)) if base == 10 else ((1,),)
+    for multipliers in steps:
+        ticks = [m * float(base) ** e for e in exponents for m in multipliers]
+        ticks = [t for t in ticks if low * (1 - 1e-9) <= t <= high * (1 + 1e-9)]
+        if 3 <= len(ticks) <= most:
+            return ticks
+    if len(ticks) > most:
+        return ticks[:: math.ceil(len(ticks) / most)]
+    if len(ticks) < 2:
+        ticks = [float(t) for t in matplotlib.ticker.MaxNLocator(3).tick_values(low, high) if low <= t <= high and t > 0]
+    return ticks
+
+
+def set_log_y_ticks(ax) -> None:
+    low, high = ax.get_ylim()
+    ticks = log_ticks(low, high, 10)
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+
+
+def finish(fig, axes, title: str, xlabel: str, ylabel: str, same_y: bool = True) -> None:
+    """Title, shared legend and margins; y range shared (same_y); axis names once: y on the
+    first panel, x under the bottom panel of each column."""
     if same_y:
         same_y_range(axes)
+    for ax in axes:
+        if ax.has_data() and ax.get_yscale() == "log":
+            set_log_y_ticks(ax)
+        else:  # a few ticks: each costs a Tick of five artists on every panel
+            ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4, steps=[1, 2, 2.5, 5, 10]))
+    for ax in axes[-MAX_COLUMNS:]:
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel(ylabel)
     fig.suptitle(title, fontsize=12, y=1 - 0.08 / fig.get_figheight())  # in the top margin, above the panel titles
     handles, labels = [], []
-    for ax in axes if legend_from is None else [legend_from]:
+    for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             if label not in labels:
                 handles.append(handle)
@@ -136,13 +172,17 @@ def marker_size(points: int) -> float:
     return 4 if points <= 16 else 0
 
 
-def panels_of(rows: pd.DataFrame) -> dict:
+SERIES_KEY = ["host", "device", "model", "variant", "features"]
+
+
+def panels_of(rows: pd.DataFrame, columns: list[str]) -> dict:
     """{(host, device): [(model, variant, features, rows by batch), …]} from one groupby, in
-    host order (a groupby per panel costs more than drawing it)."""
-    rows = rows.fillna({"features": DEFAULT_FEATURES}).sort_values("batch_size", kind="stable")
+    host order (a groupby per panel costs more than drawing it); the rows hold batch_size and
+    `columns` only (chopping all ~110 columns per line cost more than drawing it)."""
+    rows = rows[SERIES_KEY + ["batch_size", *columns]].fillna({"features": DEFAULT_FEATURES})
     panels = {}
-    for (host, device, model, variant, features), line in rows.groupby(
-        ["host", "device", "model", "variant", "features"], sort=True
+    for (host, device, model, variant, features), line in rows.sort_values("batch_size", kind="stable").groupby(
+        SERIES_KEY, sort=True
     ):
         panels.setdefault((host, device), []).append((model, variant, features, line))
     return panels
@@ -153,49 +193,55 @@ def batches_of(lines) -> pd.Series:
 
 
 def log_y(ax) -> None:
-    """Log y without minor ticks (they crowd the axis and cost most of the drawing)."""
+    """Log y without minor ticks (they crowd the axis and cost most of the drawing); finish()
+    places the major ones."""
     ax.set_yscale("log")
     ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def batch_axis(ax, batches) -> None:
+    """Log-2 batch axis: ticks at each batch of a short sweep, else at powers of 2."""
     ax.set_xscale("log", base=2)
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ticks = sorted(set(int(b) for b in batches))
-    if len(ticks) <= 10:
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.set_xlabel("batch")
+    if len(ticks) > 10:
+        ticks = [int(t) for t in log_ticks(ticks[0], ticks[-1], 2)]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.grid(True, which="major", alpha=0.3)
 
 
-def per_panel_lines(cells, column, title, ylabel, log_scale=True, whiskers=False):
-    """One panel per host/device with `column` against batch, one line per model/variant;
-    with whiskers, from p50 to p90 (thick) and p99 (thin), all of a panel in two collections."""
+def whisker_line(x, low, high) -> tuple[np.ndarray, np.ndarray]:
+    """Vertical segments from low to high at each x, as one path broken by NaN (one line per
+    series: a collection transforms each segment on its own, ten times slower on a log axis)."""
+    keep = np.isfinite(high)
+    x, low, high = x[keep], low[keep], high[keep]
+    gap = np.full_like(x, np.nan)
+    return np.column_stack([x, x, gap]).ravel(), np.column_stack([low, high, gap]).ravel()
+
+
+def per_panel_lines(cells, column, title, ylabel, whiskers=False):
+    """One panel per host/device with `column` against batch (log-log), one line per
+    model/variant; with whiskers, from p50 to p90 (thick) and on to p99 (thin)."""
     rows = ok_cells(cells, column)
-    panels = panels_of(rows)
+    panels = panels_of(rows, [column, "latency_p90_ms", "latency_p99_ms"] if whiskers else [column])
     if not panels:
         return None
     styles = Styles(rows)
     fig, axes = panel_grid(len(panels))
     for ax, ((host, device), series) in zip(axes, panels.items()):
-        whisker_segments = {"latency_p90_ms": ([], [], 1.2), "latency_p99_ms": ([], [], 0.6)}
         for index, (model, variant, features, line) in enumerate(series):
             # A small horizontal offset per line keeps whiskers of equal batches apart.
             x = line["batch_size"].to_numpy(float) * 2 ** ((index - 2) * 0.03)
             y = line[column].to_numpy(float)
             ax.plot(x, y, ms=marker_size(len(x)), lw=1.2, **styles.line_kwargs(model, variant, features))
-            for upper, (segments, colours, _) in whisker_segments.items() if whiskers else ():
-                segments += [((a, b), (a, c)) for a, b, c in zip(x, y, line[upper].to_numpy(float)) if np.isfinite(c)]
-                colours += [styles.colour[variant]] * (len(segments) - len(colours))
-        for segments, colours, width in whisker_segments.values():
-            if segments:
-                ax.add_collection(matplotlib.collections.LineCollection(segments, colors=colours, linewidths=width))
+            if whiskers:
+                p90, p99 = (line[name].to_numpy(float) for name in ("latency_p90_ms", "latency_p99_ms"))
+                ax.plot(*whisker_line(x, y, p90), color=styles.colour[variant], lw=1.2)
+                ax.plot(*whisker_line(x, np.fmax(y, p90), p99), color=styles.colour[variant], lw=0.6)
         batch_axis(ax, batches_of(series))
-        if log_scale:
-            log_y(ax)
+        log_y(ax)
         ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
-    axes[0].set_ylabel(ylabel)
-    finish(fig, axes, title)
+    finish(fig, axes, title, "batch", ylabel)
     return fig
 
 
@@ -225,7 +271,7 @@ def energy_figure(cells, reasons: dict[str, str]):
     keys = panel_keys(cells[cells["status"] == "ok"])
     if not keys:
         return None
-    panels = panels_of(ok_cells(cells, "energy_per_sample_j"))
+    panels = panels_of(ok_cells(cells, "energy_per_sample_j"), ["energy_per_sample_j"])
     styles = Styles(cells[cells["status"] == "ok"])
     fig, axes = panel_grid(len(keys))
     for ax, (host, device) in zip(axes, keys):
@@ -242,8 +288,7 @@ def energy_figure(cells, reasons: dict[str, str]):
                     **styles.line_kwargs(model, variant, features))
         batch_axis(ax, batches_of(series))
         log_y(ax)
-    axes[0].set_ylabel("J per sample")
-    finish(fig, axes, "Energy per sample")
+    finish(fig, axes, "Energy per sample", "batch", "J per sample")
     return fig
 
 
@@ -258,7 +303,7 @@ def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
     host, device, model, variant, features, fit_slope_mb_per_sample, fit_intercept_mb) and
     the RAM budgets of each host (host, budget, budget_mb)."""
     rows = ok_cells(cells, "peak_rss_mb")
-    panels = panels_of(rows)
+    panels = panels_of(rows, ["peak_rss_mb"])
     if not panels:
         return None
     styles = Styles(rows)
@@ -278,8 +323,8 @@ def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
         draw_budgets(ax, budgets[budgets["host"] == host], peak)
         batch_axis(ax, batches)
         ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
-    axes[0].set_ylabel("peak RSS (MB)")
-    finish(fig, axes, "Peak RAM against batch: measured (points), fitted (dashed), budgets (dotted)", same_y=False)
+    finish(fig, axes, "Peak RAM against batch: measured (points), fitted (dashed), budgets (dotted)", "batch",
+           "peak RSS (MB)", same_y=False)
     return fig
 
 
@@ -313,16 +358,15 @@ def accuracy_figure(cells):
     for ax, ((host, device), panel) in zip(axes, groups):
         for row in panel.itertuples():
             size = 30 + 300 * (row.model_file_mb / largest if pd.notna(row.model_file_mb) else 0)
-            ax.scatter(row.sample_latency_p50_ms, row.accuracy_valid_seen * 100, s=size, alpha=0.7,
-                       **styles.kwargs(row.model, row.variant, row.features))
+            ax.plot(row.sample_latency_p50_ms, row.accuracy_valid_seen * 100, ls="none", ms=math.sqrt(size), alpha=0.7,
+                    **styles.kwargs(row.model, row.variant, row.features))
             ax.annotate(row.variant, (row.sample_latency_p50_ms, row.accuracy_valid_seen * 100),
                         fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set_xlim(left=0)
-        ax.set_xlabel("ms per sample at batch 1")
         ax.grid(True, alpha=0.3)
         ax.set_title(panel_title(host, device), fontsize=10, y=1.0)
-    axes[0].set_ylabel("action accuracy, valid_seen (%)")
-    finish(fig, axes, "Accuracy against latency (marker area ∝ file size)")
+    finish(fig, axes, "Accuracy against latency (marker area ∝ file size)", "ms per sample at batch 1",
+           "action accuracy, valid_seen (%)")
     return fig
 
 
