@@ -1,7 +1,8 @@
 """Acceptance figures of the benchmark harness (issue 5), measured side by side in one run:
 
-  1. harness overhead: an identity model's per-iteration latency, and the gap between the
-     summed latencies and the timed loop's wall time (also for the lstm);
+  1. harness overhead: an identity model's per-iteration latency (iterations are timed back to
+     back, so it holds all the loop's bookkeeping), and the summed latencies against the timed
+     loop's wall time (also for the lstm);
   2. lstm fp32 on CPU: per-sample latency at batch 8 vs batch 1; peak RSS at batch 1;
   3. peak RSS at batch 1 with a store holding 10x more trajectories;
   4. int8_dynamic vs fp32 decoder step at batch 1;
@@ -30,22 +31,23 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
 
-from alfred_edge.bench import harness, runner  # noqa: E402
+from alfred_edge.bench import harness, memory, runner  # noqa: E402
 from alfred_edge.bench.workloads import IdentityWorkload  # noqa: E402
 
 
 def identity_overhead(iterations: int = 20000) -> dict:
+    """The timed loop as a cell runs it (an RSS reading after each iteration) around a model
+    that returns its input: its latency is the harness's whole per-iteration overhead."""
     workload = IdentityWorkload(batch_size=1, device="cpu")
     workload.load()
     workload.prepare()
     settings = harness.LoopSettings(min_iterations=iterations, min_duration_s=0, max_duration_s=60, warmup_iterations=0)
     for _ in range(100):
         workload.run_batch()
-    result = harness.timed_loop(workload.run_batch, workload.sync, settings, lambda: None)
+    rss_trace = []
+    result = harness.timed_loop(workload.run_batch, workload.sync, settings, lambda: rss_trace.append(memory.rss_mb()))
     lat_us = result.latencies_s * 1e6
-    gap_us = (result.loop_wall_s - result.latencies_s.sum()) / len(lat_us) * 1e6
     return {"iterations": len(lat_us), "latency_mean_us": lat_us.mean(), "latency_p50_us": np.median(lat_us),
-            "loop_gap_us_per_iteration": gap_us, "overhead_us_per_iteration": lat_us.mean() + gap_us,
             "gap_fraction": 1 - result.latencies_s.sum() / result.loop_wall_s}
 
 
@@ -138,9 +140,8 @@ def main() -> int:
 
     print("1. identity model, in-process timed loop")
     ident = identity_overhead()
-    print(f"  {ident['iterations']} iterations: latency mean {ident['latency_mean_us']:.2f} µs (p50 "
-          f"{ident['latency_p50_us']:.2f} µs), loop gap {ident['loop_gap_us_per_iteration']:.2f} µs/iteration; "
-          f"overhead {ident['overhead_us_per_iteration']:.2f} µs/iteration (goal <= 50); summed latencies = "
+    print(f"  {ident['iterations']} iterations: overhead = latency mean {ident['latency_mean_us']:.2f} µs (p50 "
+          f"{ident['latency_p50_us']:.2f} µs) per iteration (goal <= 50); summed latencies = "
           f"{(1 - ident['gap_fraction']) * 100:.2f} % of the loop's wall time (goal within 2 %)")
 
     with tempfile.TemporaryDirectory(prefix="bench-harness-") as tmp:

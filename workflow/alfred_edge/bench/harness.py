@@ -59,28 +59,27 @@ def time_call(fn: Callable[[], object], sync: Callable[[], None]) -> float:
 def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: LoopSettings,
                after_iteration: Callable[[], None] = lambda: None) -> LoopResult:
     """Run `run` until both settings.min_iterations and settings.min_duration_s are reached,
-    or settings.max_duration_s has passed. `after_iteration` (e.g. an RSS reading) runs
-    outside the timed region but inside the loop's wall time."""
+    or settings.max_duration_s has passed. Iterations are timed back to back: the clock
+    reading that ends one iteration (after the device is synchronised) starts the next, so
+    the loop's own bookkeeping and `after_iteration` (e.g. an RSS reading, a few µs) count in
+    the latencies rather than vanishing between them, and the latencies sum to the loop's
+    wall time (an identity model's latency is then the harness's whole overhead)."""
     min_ns, max_ns = settings.min_duration_s * 1e9, settings.max_duration_s * 1e9
-    latencies, cpu = [], []
+    wall_clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
+    loop_start = wall_clock()
     sync()
-    loop_start = time.perf_counter_ns()
+    stamps, cpu_stamps = [wall_clock()], [cpu_clock()]
     while True:
-        cpu_start = time.process_time_ns()
-        sync()
-        start = time.perf_counter_ns()
         run()
         sync()
-        end = time.perf_counter_ns()
-        cpu.append(time.process_time_ns() - cpu_start)
-        latencies.append(end - start)
         after_iteration()
-        elapsed = end - loop_start
-        if (len(latencies) >= settings.min_iterations and elapsed >= min_ns) or elapsed >= max_ns:
+        stamps.append(wall_clock())
+        cpu_stamps.append(cpu_clock())
+        elapsed = stamps[-1] - stamps[0]
+        if (len(stamps) > settings.min_iterations and elapsed >= min_ns) or elapsed >= max_ns:
             break
-    sync()
-    loop_wall_ns = time.perf_counter_ns() - loop_start
-    return LoopResult(np.asarray(latencies, dtype=float) * 1e-9, loop_wall_ns * 1e-9, np.asarray(cpu, dtype=float) * 1e-9)
+    loop_wall_ns = wall_clock() - loop_start
+    return LoopResult(np.diff(stamps) * 1e-9, loop_wall_ns * 1e-9, np.diff(cpu_stamps) * 1e-9)
 
 
 def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_episode: int, cpu_s=None) -> dict:

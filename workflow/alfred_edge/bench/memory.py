@@ -20,12 +20,25 @@ LEAK_GROWTH_FRACTION = 0.05
 
 
 def rss_mb() -> float:
-    """Resident memory of this process now (from /proc/self/statm: a few µs)."""
+    """Resident memory of this process now: one pread of /proc/self/statm, kept open (~2 µs;
+    opening it each time costs 20-40 µs, which a trace read after every iteration adds to
+    each latency)."""
     try:
-        with open("/proc/self/statm") as stream:
-            return int(stream.read().split()[1]) * _PAGE / MB
+        return int(os.pread(_statm_fd(), 128, 0).split()[1]) * _PAGE / MB
     except OSError:
         return psutil.Process().memory_info().rss / MB
+
+
+_STATM: tuple[int, int] | None = None  # (pid, descriptor)
+
+
+def _statm_fd() -> int:
+    """/proc/self/statm opened once per process: a forked child opens its own (the parent's
+    descriptor names the parent's memory)."""
+    global _STATM
+    if _STATM is None or _STATM[0] != os.getpid():
+        _STATM = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY))
+    return _STATM[1]
 
 
 def hwm_mb() -> float | None:
