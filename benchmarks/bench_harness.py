@@ -5,8 +5,9 @@
      loop's wall time (also for the lstm);
   2. lstm fp32 on CPU: per-sample latency at batch 8 vs batch 1; peak RSS at batch 1;
   3. peak RSS at batch 1 with a store holding 10x more trajectories;
-  4. int8_dynamic vs fp32 decoder step at batch 1;
-  5. the same cell three times (one per round): spread of p50.
+  4. int8_dynamic vs fp32 decoder step at batch 1: on identical inputs, and in the cells;
+  5. the same cell three times (one per round): spread of p50, beside the spread of a fixed
+     matmul in a fresh process before each round (the machine's own).
 
     python benchmarks/bench_harness.py [--models DIR] [--store DIR] [--threads N]
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -102,6 +104,57 @@ def replicate_store(store: Path, out: Path, times: int) -> Path:
     return out
 
 
+def step_times(models: Path, store: Path, threads: int, min_run_time_s: float) -> dict:
+    """Median seconds of one lstm decoder step at batch 1 for fp32 and int8_dynamic on
+    identical inputs (the state after the first step of the store's first episode, the same
+    frame and previous action), without and with the mask decoder (torch.utils.benchmark, which fixes
+    the threads and repeats until min_run_time_s): the cells' step time also depends on how
+    often each variant's own actions need a mask."""
+    import torch
+    import torch.utils.benchmark as tb
+
+    from alfred_edge.bench.workloads import store_batch
+    from alfred_edge.quantize import load_variant
+
+    torch.set_num_threads(threads)
+    batch = store_batch(str(store), 1, 1, "mmap")
+    times = {}
+    with torch.inference_mode():
+        for variant in ("fp32", "int8_dynamic"):
+            model = load_variant(models / "lstm" / f"{variant}.pt")
+            frames_t = batch["frames"][:, 0]
+            _, _, state = model.step(model.encode(batch["lang"], batch["lang_lengths"]), frames_t, with_mask=False)
+            inputs = {"model": model, "state": state, "frames_t": frames_t, "action": torch.tensor([0])}
+            for with_mask in (False, True):
+                timer = tb.Timer("model.step(state, frames_t, action, with_mask=with_mask)",
+                                 globals={**inputs, "with_mask": with_mask}, num_threads=threads)
+                times[variant, with_mask] = timer.blocked_autorange(min_run_time=min_run_time_s).median
+    return times
+
+
+MATMUL = """
+import statistics, time, torch
+torch.set_num_threads({threads})
+a, w = torch.randn(512, 2500), torch.randn(2500, 2048)
+times, end = [], time.perf_counter() + 2
+while time.perf_counter() < end:
+    start = time.perf_counter(); a @ w; times.append(time.perf_counter() - start)
+print(statistics.median(times[3:]) * 1e3)
+"""
+
+
+def reference_matmul_ms(threads: int) -> float:
+    """Median ms of a fixed fp32 matmul in a fresh process: what the machine alone does to the
+    spread of repeated cells (on a shared machine, more than the harness)."""
+    done = subprocess.run([sys.executable, "-c", MATMUL.format(threads=threads)], capture_output=True, text=True, check=True)
+    return float(done.stdout)
+
+
+def deviation(values) -> float:
+    """The largest relative deviation from the median."""
+    return max(abs(v / np.median(values) - 1) for v in values)
+
+
 def cell(models: Path, store: Path, out: Path, variant: str, batch: int, args, tag: str) -> dict:
     spec = {"host": "bench", "device": "cpu", "threads": args.threads, "timeout_s": 900, "model": "lstm",
             "variant": variant, "features": "mmap", "batch_size": batch, "max_steps": args.max_steps,
@@ -157,9 +210,11 @@ def main() -> int:
         print(f"2-5. lstm cells on the CPU, {args.threads} threads, max_steps {args.max_steps}, each its own process; "
               f"{args.rounds} rounds of (fp32 b1, fp32 b8, int8_dynamic b1), interleaved so that a change in the "
               f"machine's load falls on all three")
-        rounds = [{tag: cell(models, args.store, out, variant, batch, args, f"{tag}_round{r}")
-                   for tag, variant, batch in (("fp32_b1", "fp32", 1), ("fp32_b8", "fp32", 8), ("int8_b1", "int8_dynamic", 1))}
+        rounds = [{"matmul_ms": reference_matmul_ms(args.threads)}
+                  | {tag: cell(models, args.store, out, variant, batch, args, f"{tag}_round{r}")
+                     for tag, variant, batch in (("fp32_b1", "fp32", 1), ("fp32_b8", "fp32", 8), ("int8_b1", "int8_dynamic", 1))}
                   for r in range(1, args.rounds + 1)]
+        steps = step_times(models, args.store, args.threads, args.min_duration_s)
         big_store = replicate_store(args.store, tmp / "store10x", 10)
         big = cell(models, big_store, out, "fp32", 1, args, "fp32_b1_store10x")
 
@@ -173,14 +228,22 @@ def main() -> int:
           f"{', '.join(f'{x:.3f}' for x in per_round)}; goal <= 0.35); peak RSS at batch 1 = {peak_b1:.0f} MB (goal <= 700)")
     growth = big["peak_rss_mb"] / peak_b1 - 1
     print(f"3. peak RSS with the 10x store: {big['peak_rss_mb']:.0f} MB vs {peak_b1:.0f} MB: {growth * 100:+.1f} % (goal <= 5 %)")
+    for with_mask, what in ((False, "without masks"), (True, "with the mask decoder")):
+        fp32_s, int8_s = steps[("fp32", with_mask)], steps[("int8_dynamic", with_mask)]
+        print(f"4. decoder step at batch 1, identical inputs, {what}: fp32 {fp32_s * 1e3:.3f} ms, int8_dynamic "
+              f"{int8_s * 1e3:.3f} ms: {fp32_s / int8_s:.2f}x (goal >= 2x)")
     fp32_step, int8_step = median("fp32_b1", "step_latency_p50_ms"), median("int8_b1", "step_latency_p50_ms")
     per_round = [r["fp32_b1"]["step_latency_p50_ms"] / r["int8_b1"]["step_latency_p50_ms"] for r in rounds]
-    print(f"4. decoder step at batch 1: fp32 {fp32_step:.2f} ms, int8_dynamic {int8_step:.2f} ms: {fp32_step / int8_step:.2f}x "
-          f"(per round {', '.join(f'{x:.2f}' for x in per_round)}; goal >= 2x)")
+    print(f"4b. in the cells (each variant's own actions; masks where they interact: fp32 "
+          f"{median('fp32_b1', 'mask_fraction'):.2f}, int8_dynamic {median('int8_b1', 'mask_fraction'):.2f} of steps): "
+          f"fp32 {fp32_step:.2f} ms, int8_dynamic {int8_step:.2f} ms per step: {fp32_step / int8_step:.2f}x "
+          f"(per round {', '.join(f'{x:.2f}' for x in per_round)})")
     p50s = [r["fp32_b1"]["latency_p50_ms"] for r in rounds]
-    spread = max(abs(p / np.median(p50s) - 1) for p in p50s)
     print(f"5. the fp32 b1 cell {len(p50s)}x: p50 {', '.join(f'{p:.1f}' for p in p50s)} ms: max deviation from their "
-          f"median {spread * 100:.1f} % (goal within 10 %)")
+          f"median {deviation(p50s) * 100:.1f} % (goal within 10 %)")
+    matmuls = [r["matmul_ms"] for r in rounds]
+    print(f"   the machine itself, a fixed matmul in a fresh process before each round: median "
+          f"{', '.join(f'{m:.1f}' for m in matmuls)} ms: max deviation {deviation(matmuls) * 100:.1f} %")
     # The same comparisons in process CPU time, which other work on a shared machine disturbs
     # far less than wall time (with one thread: the time the cell's work took on a core).
     def cpu_median(tag, per):
@@ -191,10 +254,10 @@ def main() -> int:
     cpu_ratio = cpu_median("fp32_b8", per_sample) / cpu_median("fp32_b1", per_sample)
     cpu_speedup = cpu_median("fp32_b1", per_step) / cpu_median("int8_b1", per_step)
     cpu_p50s = [r["fp32_b1"]["cpu_time_p50_ms"] for r in rounds]
-    cpu_spread = max(abs(p / np.median(cpu_p50s) - 1) for p in cpu_p50s)
+    cpu_spread = deviation(cpu_p50s)
     print(f"CPU time: 2. per-sample b8/b1 = {cpu_ratio:.3f}; 4. int8_dynamic step speed-up = {cpu_speedup:.2f}x; "
           f"5. fp32 b1 CPU p50 {', '.join(f'{p:.1f}' for p in cpu_p50s)} ms: max deviation {cpu_spread * 100:.1f} %")
-    rows = [row for r in rounds for row in r.values()] + [big]
+    rows = [r[tag] for r in rounds for tag in ("fp32_b1", "fp32_b8", "int8_b1")] + [big]
     lstm_gap = max(abs(row["harness_gap_fraction"]) for row in rows)
     print(f"1b. lstm cells: summed latencies within {lstm_gap * 100:.2f} % of the loop's wall time")
     print(f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")

@@ -138,21 +138,18 @@ def parse_files(files: list[Path], bench_dir: Path, schema: pa.Schema, digests: 
     if shares == 1:
         return _parse_chunk(chunks[0])
     with ProcessPoolExecutor(shares, mp_context=multiprocessing.get_context("fork")) as pool:
-        # One chunk per share: a table of a chunk per file takes longer to pickle than to parse.
-        return pa.concat_tables(pool.map(_parse_chunk_combined, chunks))
-
-
-def _parse_chunk_combined(chunk) -> pa.Table:
-    return _parse_chunk(chunk).combine_chunks()
+        return pa.concat_tables(pool.map(_parse_chunk, chunks))
 
 
 def _parse_chunk(chunk) -> pa.Table:
+    """One share's files as one table of one chunk (a chunk per file takes a worker longer
+    to pickle than to parse)."""
     files, bench_dir, schema, digests = chunk
     tables = [read_table(path, bench_dir, schema) for path in files]
-    if digests is None:
-        return conform(tables, schema)
-    tables = [t.append_column(CACHE_DIGEST, pa.array([d] * t.num_rows, pa.string())) for t, d in zip(tables, digests)]
-    return conform(tables, schema.append(pa.field(CACHE_DIGEST, pa.string())))
+    if digests is not None:
+        tables = [t.append_column(CACHE_DIGEST, pa.array([d] * t.num_rows, pa.string())) for t, d in zip(tables, digests)]
+        schema = schema.append(pa.field(CACHE_DIGEST, pa.string()))
+    return conform(tables, schema).combine_chunks()
 
 
 def read_cache(cache_path: str | Path, schema: pa.Schema) -> pa.Table:
