@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import matplotlib.collections  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -146,7 +146,9 @@ def finish(fig, axes, title: str, xlabel: str, ylabel: str, same_y: bool = True)
     for ax in axes[-MAX_COLUMNS:]:
         ax.set_xlabel(xlabel)
     axes[0].set_ylabel(ylabel)
-    fig.suptitle(title, fontsize=12, y=1 - 0.08 / fig.get_figheight())  # in the top margin, above the panel titles
+    # In the top margin, above the panel titles; wrapped to the figure's width (~10 characters an inch).
+    title = wrap(title, int(fig.get_figwidth() * 10))
+    fig.suptitle(title, fontsize=12, y=1 - 0.08 / fig.get_figheight())
     handles, labels = [], []
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -159,7 +161,7 @@ def finish(fig, axes, title: str, xlabel: str, ylabel: str, same_y: bool = True)
         fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     rows = math.ceil(len(axes) / MAX_COLUMNS)
     bottom = min(0.45, (0.55 + 0.2 * math.ceil(len(labels) / columns)) / fig.get_figheight()) if labels else 0.08
-    fig.subplots_adjust(left=min(0.15, 0.75 / fig.get_figwidth()), right=0.98, top=1 - 0.5 / fig.get_figheight(), bottom=bottom,
+    fig.subplots_adjust(left=min(0.15, 0.75 / fig.get_figwidth()), right=0.98, top=1 - (0.5 + 0.2 * title.count("\n")) / fig.get_figheight(), bottom=bottom,
                         wspace=0.12, hspace=0.45 if rows > 1 else 0.2)
 
 
@@ -293,8 +295,7 @@ def energy_figure(cells, reasons: dict[str, str]):
 
 
 def wrap(text: str, width: int) -> str:
-    import textwrap
-
+    """At most four lines of `width` characters, $ escaped (text from the data is not mathtext)."""
     return "\n".join(textwrap.wrap(str(text), width)[:4]).replace("$", r"\$")
 
 
