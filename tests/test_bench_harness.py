@@ -35,7 +35,7 @@ def test_sync_runs_before_each_clock_read():
 
 def test_latencies_sum_to_the_loop_wall_time_even_for_an_identity_model():
     """Back-to-back timing: the loop's bookkeeping is inside the latencies (an identity call
-    takes ~2 µs, the bookkeeping as long again: timed apart, the sum fell 43 % short)."""
+    takes ~2 µs, the bookkeeping longer: timed apart, the latencies summed to 43 % of the loop)."""
     settings = harness.LoopSettings(min_iterations=20_000, min_duration_s=0, max_duration_s=30, warmup_iterations=0)
     trace = []
     result = harness.timed_loop(lambda: None, lambda: None, settings, lambda: trace.append(1))
