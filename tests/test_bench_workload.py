@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from alfred_edge.bench import child, roofline, workloads
+from alfred_edge.data.loader import StoreDataset
 from model_inputs import build_store
 
 TINY = {"lstm": {"demb": 16, "dhid": 16, "dframe": 32}, "transformer": {"d_model": 16, "heads": 2, "encoder_layers": 1,
@@ -25,6 +26,13 @@ def test_store_batch_holds_b_episodes_cycling_when_the_split_is_small(store):
     assert batch["frames"].shape[1] <= 2 and batch["frames"].shape[2:] == (512, 7, 7)
     big = workloads.store_batch(str(store / "valid_seen"), n + 2, max_steps=2, features="mmap")
     assert big["frames"].shape[0] == n + 2 and big["distinct_episodes"] == n
+
+
+def test_store_batch_reads_only_its_first_b_annotations(store):
+    whole = StoreDataset(store / "valid_seen").annotations
+    assert whole.num_rows >= 3
+    assert workloads.store_batch(str(store / "valid_seen"), 2, 1, "mmap")["_dataset"].annotations.equals(whole.slice(0, 2))
+    assert StoreDataset(store / "valid_seen", first=whole.num_rows + 5).annotations.equals(whole)
 
 
 def test_features_in_ram_equal_the_memory_mapped_ones(store):

@@ -144,7 +144,7 @@ def store_batch(store_dir: str, batch_size: int, max_steps: int, features: str) 
     from alfred_edge.data.loader import StoreDataset, collate
     from alfred_edge.data.vocab import interaction_actions, load_vocab
 
-    dataset = StoreDataset(store_dir)
+    dataset = StoreDataset(store_dir, first=batch_size)  # the B annotations alone: RAM not bound to the store's size
     if len(dataset) == 0:
         raise ValueError(f"{store_dir}: the store holds no annotations")
     if features == "ram":
