@@ -113,11 +113,11 @@ def step_times(models: Path, store: Path, threads: int, min_run_time_s: float) -
     import torch
     import torch.utils.benchmark as tb
 
-    from alfred_edge.bench.workloads import store_batch
+    from alfred_edge.bench.workloads import store_batches
     from alfred_edge.quantize import load_variant
 
     torch.set_num_threads(threads)
-    batch = store_batch(str(store), 1, 1, "mmap")
+    batch = store_batches(str(store), 1, 1, "mmap")[0]
     times = {}
     with torch.inference_mode():
         for variant in ("fp32", "int8_dynamic"):
@@ -170,7 +170,7 @@ def cell(models: Path, store: Path, out: Path, variant: str, batch: int, args, t
           f"per-sample {row['sample_latency_p50_ms']:9.1f} ms  n={row['iterations']:3d} steps={row['steps_per_episode']}  "
           f"masks {row['mask_fraction']:.2f}  "
           f"peak RSS {row['peak_rss_mb']:6.0f} MB (inference {row['peak_rss_inference_mb']:6.0f} MB)  "
-          f"gap {row['harness_gap_fraction'] * 100:+.2f} %  iqr/p50 {row['spread_iqr_ratio']:.2f}  "
+          f"gap {row['harness_gap_fraction'] * 100:+.2f} %  spread {row['spread_iqr_ratio']:.2f}  "
           f"CPU p50 {row['cpu_time_p50_ms']:8.1f} ms (utilization {row['cpu_utilization']:.2f})", flush=True)
     return row
 

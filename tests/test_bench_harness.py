@@ -33,6 +33,26 @@ def test_sync_runs_before_each_clock_read():
     assert events == ["sync", "run", "sync", "run", "sync"]
 
 
+def test_spread_compares_each_latency_with_its_own_pool_batch():
+    """A pool of a short and a long episode batch, each steady: no noise, so no spread; a
+    single-batch workload keeps IQR / p50."""
+    steady = np.tile([10.0, 30.0], 20) * 1e-3
+    stats = harness.latency_stats(steady, loop_wall_s=steady.sum(), batch_size=1, steps_per_episode=1, pass_length=2)
+    assert stats["spread_iqr_ratio"] == 0.0 and not stats["flag_wide_spread"]
+    mixed = harness.latency_stats(steady, loop_wall_s=steady.sum(), batch_size=1, steps_per_episode=1)
+    assert mixed["spread_iqr_ratio"] == mixed["latency_iqr_ms"] / mixed["latency_p50_ms"] and mixed["flag_wide_spread"]
+    noisy = steady * np.tile([1.0, 1.0, 1.3, 1.3], 10)
+    assert harness.latency_stats(noisy, noisy.sum(), 1, 1, pass_length=2)["flag_wide_spread"]
+
+
+def test_the_loop_ends_on_a_whole_pass_over_the_pool_unless_capped():
+    settings = harness.LoopSettings(min_iterations=5, min_duration_s=0, max_duration_s=10, warmup_iterations=0)
+    assert len(harness.timed_loop(lambda: None, lambda: None, settings, pass_length=4).latencies_s) == 8
+    assert len(harness.timed_loop(lambda: None, lambda: None, settings, pass_length=1).latencies_s) == 5
+    capped = harness.LoopSettings(min_iterations=1, min_duration_s=0, max_duration_s=0.05, warmup_iterations=0)
+    assert 1 <= len(harness.timed_loop(lambda: time.sleep(0.01), lambda: None, capped, pass_length=1000).latencies_s) < 20
+
+
 def test_latencies_sum_to_the_loop_wall_time_even_for_an_identity_model():
     """Back-to-back timing: the loop's bookkeeping is inside the latencies (an identity call
     takes ~2 µs, the bookkeeping longer: timed apart, the latencies summed to 43 % of the loop)."""

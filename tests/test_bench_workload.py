@@ -19,33 +19,52 @@ def store(tmp_path_factory):
     return build_store(tmp_path_factory.mktemp("bench_store"), {"train": 3, "valid_seen": 2})
 
 
-def test_store_batch_holds_b_episodes_cycling_when_the_split_is_small(store):
+def test_store_batches_hold_b_episodes_cycling_when_the_split_is_small(store):
     n = json.loads((store / "valid_seen" / "meta.json").read_text())["n_annotations"]
-    batch = workloads.store_batch(str(store / "valid_seen"), 4, max_steps=2, features="mmap")
-    assert batch["lang"].shape[0] == batch["frames"].shape[0] == 4
-    assert batch["frames"].shape[1] <= 2 and batch["frames"].shape[2:] == (512, 7, 7)
-    big = workloads.store_batch(str(store / "valid_seen"), n + 2, max_steps=2, features="mmap")
-    assert big["frames"].shape[0] == n + 2 and big["distinct_episodes"] == n
+    batches = workloads.store_batches(str(store / "valid_seen"), 4, max_steps=2, features="mmap")
+    assert len(batches) == workloads.EPISODE_POOL // 4
+    for batch in batches:
+        assert batch["lang"].shape[0] == batch["frames"].shape[0] == 4
+        assert batch["frames"].shape[1:] == batches[0]["frames"].shape[1:] and batch["frames"].shape[1] <= 2
+        assert batch["frames"].shape[2:] == (512, 7, 7)
+    big_b = max(n + 2, workloads.EPISODE_POOL)
+    [big] = workloads.store_batches(str(store / "valid_seen"), big_b, max_steps=2, features="mmap")
+    assert big["frames"].shape[0] == big_b and big["distinct_episodes"] == n
 
 
-def test_store_batch_reads_only_its_first_b_annotations(store):
-    whole = StoreDataset(store / "valid_seen").annotations
-    assert whole.num_rows >= 3
-    assert workloads.store_batch(str(store / "valid_seen"), 2, 1, "mmap")["_dataset"].annotations.equals(whole.slice(0, 2))
-    assert StoreDataset(store / "valid_seen", first=whole.num_rows + 5).annotations.equals(whole)
+def test_every_batch_size_up_to_the_pool_decodes_the_same_episodes(store):
+    def pool(batch_size):
+        batches = workloads.store_batches(str(store / "train"), batch_size, max_steps=2, features="mmap")
+        return torch.cat([b["lang_lengths"] for b in batches]), torch.cat([b["frames"] for b in batches])
+
+    lengths_1, frames_1 = pool(1)
+    assert len(lengths_1) == workloads.EPISODE_POOL and frames_1.shape[1] == 2
+    for batch_size in (2, 4, 8):
+        lengths, frames = pool(batch_size)
+        assert torch.equal(lengths, lengths_1) and torch.equal(frames, frames_1)
+    assert pool(3)[0].tolist()[:8] == lengths_1.tolist()  # 3 batches of 3: the pool and one more
+
+
+def test_store_batches_read_only_the_pool_of_annotations(store):
+    whole = StoreDataset(store / "train").annotations
+    assert whole.num_rows > workloads.EPISODE_POOL
+    kept = workloads.store_batches(str(store / "train"), 2, 1, "mmap")[0]["_dataset"].annotations
+    assert kept.equals(whole.slice(0, workloads.EPISODE_POOL))
+    assert StoreDataset(store / "train", first=whole.num_rows + 5).annotations.equals(whole)
 
 
 def test_features_in_ram_equal_the_memory_mapped_ones(store):
-    mmap = workloads.store_batch(str(store / "valid_seen"), 3, max_steps=3, features="mmap")
-    ram = workloads.store_batch(str(store / "valid_seen"), 3, max_steps=3, features="ram")
-    assert torch.equal(mmap["frames"], ram["frames"]) and torch.equal(mmap["lang"], ram["lang"])
+    mmap = workloads.store_batches(str(store / "valid_seen"), 3, max_steps=3, features="mmap")
+    ram = workloads.store_batches(str(store / "valid_seen"), 3, max_steps=3, features="ram")
+    for m, r in zip(mmap, ram, strict=True):
+        assert torch.equal(m["frames"], r["frames"]) and torch.equal(m["lang"], r["lang"])
     with pytest.raises(ValueError, match="mmap or ram"):
-        workloads.store_batch(str(store / "valid_seen"), 1, 1, "disk")
+        workloads.store_batches(str(store / "valid_seen"), 1, 1, "disk")
 
 
 def test_store_batch_marks_the_interaction_actions_of_its_vocabulary(store):
     vocab = json.loads((store / "vocab.json").read_text())["action_low"]
-    marked = workloads.store_batch(str(store / "valid_seen"), 1, 1, "mmap")["mask_actions"].tolist()
+    marked = workloads.store_batches(str(store / "valid_seen"), 1, 1, "mmap")[0]["mask_actions"].tolist()
     assert {name for name, m in zip(vocab, marked) if m} == {
         name for name in vocab if not name.startswith(("MoveAhead", "Rotate", "Look", "<<"))}
     assert any(marked) and not all(marked)
@@ -95,7 +114,7 @@ def test_a_cell_of_a_real_model_measures_b_episodes(store, tmp_path, name, one_t
     assert row["encode_latency_p50_ms"] < row["latency_p50_ms"]
     assert 0.0 <= row["mask_fraction"] <= 1.0 and row["mask_flops"] > 1e6  # one 300x300 mask decoder row
     # The pipeline counts once per model on the first episode (scripts/flops.py): same columns.
-    first = workloads.store_batch(spec["store_dir"], 1, 2, "mmap")
+    first = workloads.store_batches(spec["store_dir"], 1, 2, "mmap")[0]
     counts = roofline.episode_flops(torch, child.load_model_file(str(path), "cpu"), first["lang"],
                                     first["lang_lengths"], first["frames"].float())
     given = child.flop_columns({**spec, "flops": counts}, _decoded(spec), torch)
@@ -106,9 +125,11 @@ FLOP_COLUMNS = ("encode_flops", "mask_flops", "flops_per_step")
 
 
 def _decoded(spec):
-    """The cell's workload after one decode (so its mask counts are set)."""
+    """The cell's workload after one pass over its pool (so its mask counts are those of the
+    cell's timed passes)."""
     workload = child.make_workload(spec, spec["batch_size"], spec["max_steps"])
     workload.load()
     workload.prepare()
-    workload.run_batch()
+    for _ in range(workload.batches_per_pass):
+        workload.run_batch()
     return workload

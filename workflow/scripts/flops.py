@@ -12,7 +12,7 @@ from alfred_edge.quantize import load_variant
 with job_logging(snakemake) as log:
     torch.set_num_threads(snakemake.threads)
     model = load_variant(snakemake.input.model, "cpu")
-    batch = workloads.store_batch(snakemake.input.store, 1, 2, "mmap")  # the first episode of every cell's batch
+    batch = workloads.store_batches(snakemake.input.store, 1, 2, "mmap")[0]  # the first episode of every cell's pool
     counts = roofline.episode_flops(torch, model, batch["lang"], batch["lang_lengths"], batch["frames"].float())
     atomic.write_text(snakemake.output[0], json.dumps(counts))
     log.info("%s: %s", snakemake.output[0], counts)

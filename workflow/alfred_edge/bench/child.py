@@ -72,11 +72,11 @@ def make_workload(spec: dict, batch_size: int, max_steps: int):
     if model == "fake":
         fault = spec.get("fault")
         load = lambda dev: workloads.FakeEpisodeModel(fault=fault).to(dev)  # noqa: E731
-        make_batch = lambda: workloads.fake_batch(batch_size, max_steps)  # noqa: E731
+        make_batches = lambda: workloads.fake_batches(batch_size, max_steps)  # noqa: E731
     else:
         load = lambda dev: load_model_file(spec["model_path"], dev)  # noqa: E731
-        make_batch = lambda: workloads.store_batch(spec["store_dir"], batch_size, max_steps, spec["features"])  # noqa: E731
-    return workloads.EpisodeWorkload(batch_size, device, load, make_batch, max_steps)
+        make_batches = lambda: workloads.store_batches(spec["store_dir"], batch_size, max_steps, spec["features"])  # noqa: E731
+    return workloads.EpisodeWorkload(batch_size, device, load, make_batches, max_steps)
 
 
 def load_model_file(path: str, device):
@@ -122,16 +122,17 @@ def measure_cell(spec: dict, torch) -> dict:
     hwm_before = memory.hwm_mb()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    n_before = len(workload.encode_times_s)
+    workload.start_timing()
     with memory.InferencePeak() as peak:
-        result, window = sampler.measure(lambda: timed_loop(workload.run_batch, workload.sync, loop, trace))
+        result, window = sampler.measure(
+            lambda: timed_loop(workload.run_batch, workload.sync, loop, trace, workload.batches_per_pass))
     sampler.close()
 
     stats = latency_stats(result.latencies_s, result.loop_wall_s, spec["batch_size"], workload.steps_per_episode,
-                          result.cpu_s)
+                          result.cpu_s, workload.batches_per_pass)
     row.update(stats)
     row.update(workload.info())
-    encode_s = workload.encode_times_s[n_before:]
+    encode_s = workload.encode_times_s
     if encode_s:
         row["encode_latency_p50_ms"] = float(sorted(encode_s)[len(encode_s) // 2] * 1e3)
     row.update(memory_columns(peak, hwm_before, rss_trace, cuda_trace, torch if cuda else None))
@@ -177,8 +178,8 @@ def flop_columns(spec: dict, workload, torch) -> dict:
     counts = spec.get("flops")
     if counts is None:
         model = workload.model.float().cpu() if spec["model"] == "fake" else load_model_file(spec["fp32_path"], "cpu")
-        counts = roofline.episode_flops(torch, model, workload.lang.cpu(), workload.lang_lengths.cpu(),
-                                        workload.frames[:, :2].float().cpu())
+        lang, lang_lengths, frames = workload.inputs[0]
+        counts = roofline.episode_flops(torch, model, lang.cpu(), lang_lengths.cpu(), frames[:, :2].float().cpu())
     masks_per_step = workload.mask_rows * workload.batch_size / workload.step_rows  # rows with a mask, per step
     weight_bytes = float(Path(spec["model_path"]).stat().st_size) if spec.get("model_path") else \
         float(sum(t.numel() * t.element_size() for t in workload.model.state_dict().values()))

@@ -4,10 +4,12 @@ and the statistics of the latencies.
 
 A workload (see workloads.py) provides:
     load()          load the model (timed as load_time_ms)
-    prepare()       build the batch (untimed)
+    prepare()       build the batches (untimed)
+    start_timing()  counters (encode times, masks) from here on cover the timed loop alone
     run_batch()     one iteration: a whole episode batch; raises BatchSizeError on wrong shapes
     sync()          wait for the device (CUDA synchronize; nothing on the CPU)
-    batch_size, steps_per_episode, info() -> extra columns
+    batch_size, steps_per_episode, batches_per_pass (iterations that cover its episodes once),
+    info() -> extra columns
 """
 from __future__ import annotations
 
@@ -57,9 +59,11 @@ def time_call(fn: Callable[[], object], sync: Callable[[], None]) -> float:
 
 
 def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: LoopSettings,
-               after_iteration: Callable[[], None] = lambda: None) -> LoopResult:
-    """Run `run` until both settings.min_iterations and settings.min_duration_s are reached,
-    or settings.max_duration_s has passed. Iterations are timed back to back: the clock
+               after_iteration: Callable[[], None] = lambda: None, pass_length: int = 1) -> LoopResult:
+    """Run `run` until both settings.min_iterations and settings.min_duration_s are reached
+    and the count is a whole number of passes (`pass_length` iterations: every batch of the
+    workload's pool as often as the others), or settings.max_duration_s has passed, whatever
+    the count. Iterations are timed back to back: the clock
     reading that ends one iteration (after the device is synchronised) starts the next, so
     the loop's own bookkeeping and `after_iteration` (e.g. an RSS reading, a few µs) count in
     the latencies rather than vanishing between them, and the latencies sum to the loop's
@@ -76,16 +80,21 @@ def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: Lo
         stamps.append(wall_clock())
         cpu_stamps.append(cpu_clock())
         elapsed = stamps[-1] - stamps[0]
-        if (len(stamps) > settings.min_iterations and elapsed >= min_ns) or elapsed >= max_ns:
+        count = len(stamps) - 1
+        if (count >= settings.min_iterations and elapsed >= min_ns and count % pass_length == 0) or elapsed >= max_ns:
             break
     loop_wall_ns = wall_clock() - loop_start
     return LoopResult(np.diff(stamps) * 1e-9, loop_wall_ns * 1e-9, np.diff(cpu_stamps) * 1e-9)
 
 
-def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_episode: int, cpu_s=None) -> dict:
+def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_episode: int, cpu_s=None,
+                  pass_length: int = 1) -> dict:
     """The timing columns of a cell row (names and units as in results.schema.yaml).
     cpu_s: process CPU time per iteration; with it, the CPU-time columns, which a machine
-    shared with other work disturbs far less than the wall-clock latency."""
+    shared with other work disturbs far less than the wall-clock latency. pass_length: the
+    batches of the workload's pool, iteration i decoding batch i % pass_length; the spread
+    compares each latency with its own batch's median, so that it measures noise, not how
+    the pool's episodes differ."""
     lat_ms = np.asarray(latencies_s, dtype=float) * 1e3
     cpu = {}
     if cpu_s is not None:
@@ -97,6 +106,7 @@ def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_ep
     mean = float(lat_ms.mean())
     std = float(lat_ms.std(ddof=1)) if n > 1 else 0.0
     iqr = float(p75 - p25)
+    spread = relative_spread(lat_ms, pass_length)
     steps = max(steps_per_episode, 1)
     return {
         "iterations": n,
@@ -119,8 +129,19 @@ def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_ep
         "harness_gap_fraction": 1.0 - float(lat_ms.sum()) / 1e3 / loop_wall_s,
         "flag_low_n_p90": n < LOW_N_P90,
         "flag_low_n_p99": n < LOW_N_P99,
-        "spread_iqr_ratio": iqr / float(p50) if p50 > 0 else None,
-        "flag_wide_spread": bool(p50 > 0 and iqr / float(p50) >= WIDE_SPREAD),
+        "spread_iqr_ratio": spread,
+        "flag_wide_spread": bool(spread is not None and spread >= WIDE_SPREAD),
         "latencies_ms": lat_ms.tolist(),
         **cpu,
     }
+
+
+def relative_spread(lat_ms: np.ndarray, pass_length: int) -> float | None:
+    """IQR of each latency over the median of its pool batch (iteration i runs batch
+    i % pass_length); with one batch, IQR / p50."""
+    position = np.arange(len(lat_ms)) % pass_length
+    medians = np.array([np.median(lat_ms[position == k]) for k in range(min(pass_length, len(lat_ms)))])
+    if (medians <= 0).any():
+        return None
+    ratios = lat_ms / medians[position]
+    return float(np.subtract(*np.percentile(ratios, [75, 25])))

@@ -5,9 +5,14 @@
                        then one `step` per frame with the model's own previous action (argmax),
                        for min(max_steps, longest episode) steps, a mask decoded for each row
                        whose chosen action interacts (the only masks ALFRED's agent uses;
-                       mask_fraction records their share). Its model and batch come from
+                       mask_fraction records their share). Its model and batches come from
                        the store and a model file (real cells) or from FakeEpisodeModel and
                        random tensors (harness self-tests, `--model fake`).
+
+A cell decodes a pool of the split's first EPISODE_POOL episodes (B of them, when B is larger),
+B at a time, batch after batch in turn: iterations at batch 1, 2, 4 and 8 decode the same 8
+episodes, so their per-sample latencies compare the batch size, not which episodes (and how
+many masks) each happened to get. The timed loop ends on a whole pass over the pool.
 
 Each step's outputs are checked against the requested batch size: a batch that silently
 stayed fixed (the manual runs' failure) becomes a BatchSizeError, not a number.
@@ -28,6 +33,12 @@ from alfred_edge.models.common import step_masks
 
 MASK_SHAPE = (1, 300, 300)
 FRAME_SHAPE = (512, 7, 7)
+EPISODE_POOL = 8  # episodes every cell decodes in turn (batches 1, 2, 4 and 8 all cover the same 8)
+
+
+def batches_per_pass(batch_size: int) -> int:
+    """Batches of B that cover the pool: ceil(EPISODE_POOL / B), one when B >= EPISODE_POOL."""
+    return -(-EPISODE_POOL // batch_size)
 
 
 class DeviceAbsent(RuntimeError):
@@ -50,6 +61,7 @@ class IdentityWorkload:
     """nn.Identity on a [B, 8] tensor: what the harness costs per iteration."""
 
     steps_per_episode = 1
+    batches_per_pass = 1
 
     def __init__(self, batch_size: int, device: str):
         self.batch_size = batch_size
@@ -62,6 +74,9 @@ class IdentityWorkload:
 
     def prepare(self) -> None:
         self.x = torch.zeros(self.batch_size, 8, device=self.device)
+
+    def start_timing(self) -> None:
+        self.encode_times_s.clear()
 
     def run_batch(self) -> None:
         if self.model(self.x).shape[0] != self.batch_size:
@@ -124,44 +139,53 @@ class FakeEpisodeModel(nn.Module):
         return F.interpolate(self.mask(h).view(-1, 1, 10, 10), size=MASK_SHAPE[1:], mode="bilinear")
 
 
-def fake_batch(batch_size: int, steps: int, seed: int = 0) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, 9, (batch_size,), generator=gen)
-    return {
-        "lang": torch.randint(1, 32, (batch_size, int(lengths.max())), generator=gen),
-        "lang_lengths": lengths,
-        "frames": torch.randn(batch_size, steps, *FRAME_SHAPE, generator=gen),
-        "distinct_episodes": batch_size,
-        "mask_actions": torch.arange(12) % 2 == 1,  # every other action of FakeEpisodeModel interacts
-    }
+def fake_batches(batch_size: int, steps: int) -> list[dict]:
+    """Random batches covering a pool (see batches_per_pass), in the form of store_batches."""
+    mask_actions = torch.arange(12) % 2 == 1  # every other action of FakeEpisodeModel interacts
+    batches = []
+    for seed in range(batches_per_pass(batch_size)):
+        gen = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(3, 9, (batch_size,), generator=gen)
+        batches.append({
+            "lang": torch.randint(1, 32, (batch_size, int(lengths.max())), generator=gen),
+            "lang_lengths": lengths,
+            "frames": torch.randn(batch_size, steps, *FRAME_SHAPE, generator=gen),
+            "distinct_episodes": batch_size,
+            "mask_actions": mask_actions,
+        })
+    return batches
 
 
-def store_batch(store_dir: str, batch_size: int, max_steps: int, features: str) -> dict:
-    """B annotations of a split's store (cycling when the split holds fewer), collated as the
-    loader does. features="ram" reads the split's whole frame array into memory first, so
-    that the result shows what memory mapping saves."""
+def store_batches(store_dir: str, batch_size: int, max_steps: int, features: str) -> list[dict]:
+    """The pool of a split's store (its first annotations, cycling when it holds fewer) as
+    batches of B, each collated as the loader does and cut to the same steps: min(max_steps,
+    the shortest of the batches' longest episodes), so every iteration decodes as many steps.
+    features="ram" reads the split's whole frame array into memory first, so that the result
+    shows what memory mapping saves."""
     from alfred_edge.data import store
     from alfred_edge.data.loader import StoreDataset, collate
     from alfred_edge.data.vocab import interaction_actions, load_vocab
 
-    dataset = StoreDataset(store_dir, first=batch_size)  # the B annotations alone: RAM not bound to the store's size
+    pool = batch_size * batches_per_pass(batch_size)
+    dataset = StoreDataset(store_dir, first=pool)  # the pool alone: RAM not bound to the store's size
     if len(dataset) == 0:
         raise ValueError(f"{store_dir}: the store holds no annotations")
     if features == "ram":
         dataset._frames = np.array(store.open_frames(Path(store_dir)))  # the whole split, in RAM
     elif features != "mmap":
         raise ValueError(f"features must be mmap or ram, got {features!r}")
-    items = [dataset[i % len(dataset)] for i in range(batch_size)]
-    batch = collate(items)
-    steps = min(max_steps, batch["frames"].shape[1])
-    return {
+    items = [dataset[i % len(dataset)] for i in range(pool)]
+    collated = [collate(items[start:start + batch_size]) for start in range(0, pool, batch_size)]
+    steps = min(max_steps, *(batch["frames"].shape[1] for batch in collated))
+    mask_actions = torch.tensor(interaction_actions(load_vocab(_vocab_path(store_dir))))
+    return [{
         "lang": batch["lang"],
         "lang_lengths": batch["lang_lengths"],
         "frames": batch["frames"][:, :steps].contiguous(),  # [B,steps,512,7,7]
         "distinct_episodes": min(batch_size, len(dataset)),
-        "mask_actions": torch.tensor(interaction_actions(load_vocab(_vocab_path(store_dir)))),
+        "mask_actions": mask_actions,
         "_dataset": dataset,  # keeps the "ram" copy alive for the run, as a deployment would
-    }
+    } for batch in collated]
 
 
 def _vocab_path(store_dir: str) -> Path:
@@ -174,14 +198,15 @@ def _vocab_path(store_dir: str) -> Path:
 
 
 class EpisodeWorkload:
-    """One iteration = the decoding of B whole episodes (see the module docstring)."""
+    """One iteration = the decoding of B whole episodes, the pool's next batch (see the module
+    docstring)."""
 
-    def __init__(self, batch_size: int, device: str, load_model, make_batch, max_steps: int):
+    def __init__(self, batch_size: int, device: str, load_model, make_batches, max_steps: int):
         self.batch_size = batch_size
         self.device = check_device(device)
         self.sync = sync_for(self.device)
         self._load_model = load_model
-        self._make_batch = make_batch
+        self._make_batches = make_batches
         self.max_steps = max_steps
         self.encode_times_s: list[float] = []
         self.observed_batch_size = None
@@ -192,27 +217,39 @@ class EpisodeWorkload:
         self.model.eval()
 
     def prepare(self) -> None:
-        batch = self._make_batch()
-        self.distinct_episodes = batch["distinct_episodes"]
-        self._keep = batch.get("_dataset")
-        self.lang = batch["lang"].to(self.device)
-        self.lang_lengths = batch["lang_lengths"].to(self.device)
-        self.frames = batch["frames"].to(self.device)  # [B,T,512,7,7]
-        self.mask_actions = batch["mask_actions"].to(self.device)  # [V] bool
-        if self.lang.shape[0] != self.batch_size or self.frames.shape[0] != self.batch_size:
-            raise BatchSizeError(f"asked for batch {self.batch_size}, the loader gave lang "
-                                 f"{tuple(self.lang.shape)} and frames {tuple(self.frames.shape)}")
-        self.steps_per_episode = min(self.max_steps, self.frames.shape[1])
+        batches = self._make_batches()
+        self.distinct_episodes = batches[0]["distinct_episodes"]
+        self._keep = batches[0].get("_dataset")
+        self.mask_actions = batches[0]["mask_actions"].to(self.device)  # [V] bool
+        # (lang [B,L], lang_lengths [B], frames [B,T,512,7,7]) of each batch of the pool
+        self.inputs = [(b["lang"].to(self.device), b["lang_lengths"].to(self.device), b["frames"].to(self.device))
+                       for b in batches]
+        for lang, _, frames in self.inputs:
+            if lang.shape[0] != self.batch_size or frames.shape[0] != self.batch_size:
+                raise BatchSizeError(f"asked for batch {self.batch_size}, the loader gave lang "
+                                     f"{tuple(lang.shape)} and frames {tuple(frames.shape)}")
+        self.steps_per_episode = min(self.max_steps, *(frames.shape[1] for _, _, frames in self.inputs))
+        self.batches_per_pass = len(self.inputs)
+        self._next = 0
+
+    def start_timing(self) -> None:
+        """From here on, the counters cover the timed loop alone, from the pool's first batch:
+        whole passes, each batch as often as the others."""
+        self.encode_times_s.clear()
+        self.mask_rows = self.step_rows = 0
+        self._next = 0
 
     @torch.inference_mode()
     def run_batch(self) -> None:
+        lang, lang_lengths, frames = self.inputs[self._next]
+        self._next = (self._next + 1) % self.batches_per_pass
         start = time.perf_counter()
-        state = self.model.encode(self.lang, self.lang_lengths)
+        state = self.model.encode(lang, lang_lengths)
         self.sync()
         self.encode_times_s.append(time.perf_counter() - start)
         prev_action = None  # step 0 starts from the model's learned `go` input
         for t in range(self.steps_per_episode):
-            logits, mask, state = self.model.step(state, self.frames[:, t], prev_action, with_mask=self.mask_actions)
+            logits, mask, state = self.model.step(state, frames[:, t], prev_action, with_mask=self.mask_actions)
             self._check(logits, mask, t)
             prev_action = logits.argmax(1)  # [B]: the model's own action, as in ALFRED's eval
 
