@@ -3,7 +3,8 @@
     IdentityWorkload   an identity module on a fixed tensor: the harness's own overhead
     EpisodeWorkload    ALFRED-style decoding of a batch of B episodes: language encoded once,
                        then one `step` per frame with the model's own previous action (argmax),
-                       for min(max_steps, longest episode) steps, a mask decoded for each row
+                       for min(max_steps, longest episode) steps (the fewest over the pool's
+                       batches, so that all decode as many), a mask decoded for each row
                        whose chosen action interacts (the only masks ALFRED's agent uses;
                        mask_fraction records their share). Its model and batches come from
                        the store and a model file (real cells) or from FakeEpisodeModel and
