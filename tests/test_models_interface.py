@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model_inputs import one_thread, random_batch, tiny_model, tiny_vocab  # noqa: F401 (fixture)
 
@@ -59,6 +60,18 @@ def test_transformer_cached_decoding_equals_uncached():
         a_uncached, m_uncached = run_steps(uncached, batch)
     torch.testing.assert_close(a_cached, a_uncached, atol=1e-5, rtol=0)
     torch.testing.assert_close(m_cached, m_uncached, atol=1e-5, rtol=0)
+
+
+def test_lstm_language_encoding_equals_the_packed_bidirectional_lstm():
+    """The encoder runs each direction on the padded batch (oneDNN's fast path on CPU); it
+    must give what the packed sequence gives: each row's own tokens, zero after its length."""
+    model = tiny_model("lstm")
+    lengths = torch.tensor([5, 9, 1, 7])
+    emb = torch.randn(4, 9, model.enc.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        expected = pad_packed_sequence(model.enc(packed)[0], batch_first=True)[0]
+        torch.testing.assert_close(model.encode_language(emb, lengths), expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["lstm", "transformer"])
