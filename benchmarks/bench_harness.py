@@ -6,8 +6,9 @@
   2. lstm fp32 on CPU: per-sample latency at batch 8 vs batch 1; peak RSS at batch 1;
   3. peak RSS at batch 1 with a store holding 10x more trajectories;
   4. int8_dynamic vs fp32 decoder step at batch 1: on identical inputs, and in the cells;
-  5. the same cell three times (one per round): spread of p50, beside the spread of a fixed
-     matmul in a fresh process before each round (the machine's own).
+  5. the same cell three times, one per round (a minute apart) and back to back: spread of
+     p50, beside the spread of a fixed matmul in a fresh process before each round (the
+     machine's own).
 
     python benchmarks/bench_harness.py [--models DIR] [--store DIR] [--threads N]
 
@@ -214,6 +215,8 @@ def main() -> int:
                   | {tag: cell(models, args.store, out, variant, batch, args, f"{tag}_round{r}")
                      for tag, variant, batch in (("fp32_b1", "fp32", 1), ("fp32_b8", "fp32", 8), ("int8_b1", "int8_dynamic", 1))}
                   for r in range(1, args.rounds + 1)]
+        back_to_back = [cell(models, args.store, out, "fp32", 1, args, f"fp32_b1_repeat{k}")["latency_p50_ms"]
+                        for k in range(1, 4)]
         steps = step_times(models, args.store, args.threads, args.min_duration_s)
         big_store = replicate_store(args.store, tmp / "store10x", 10)
         big = cell(models, big_store, out, "fp32", 1, args, "fp32_b1_store10x")
@@ -241,6 +244,8 @@ def main() -> int:
     p50s = [r["fp32_b1"]["latency_p50_ms"] for r in rounds]
     print(f"5. the fp32 b1 cell {len(p50s)}x: p50 {', '.join(f'{p:.1f}' for p in p50s)} ms: max deviation from their "
           f"median {deviation(p50s) * 100:.1f} % (goal within 10 %)")
+    print(f"5b. the fp32 b1 cell 3x back to back: p50 {', '.join(f'{p:.1f}' for p in back_to_back)} ms: max "
+          f"deviation from their median {deviation(back_to_back) * 100:.1f} % (goal within 10 %)")
     matmuls = [r["matmul_ms"] for r in rounds]
     print(f"   the machine itself, a fixed matmul in a fresh process before each round: median "
           f"{', '.join(f'{m:.1f}' for m in matmuls)} ms: max deviation {deviation(matmuls) * 100:.1f} %")
