@@ -74,6 +74,42 @@ def test_lstm_language_encoding_equals_the_packed_bidirectional_lstm():
         torch.testing.assert_close(model.encode_language(emb, lengths), expected, atol=1e-6, rtol=0)
 
 
+def test_lstm_transposed_products_equal_the_modules_with_their_gradients():
+    """linear() and lstm_cell() compute float32 CPU products as weight @ x.T (faster in MKL at a
+    few rows); outputs and the gradients training takes from them must be the modules' own."""
+    from alfred_edge.models.lstm import linear, lstm_cell
+
+    generator = torch.Generator().manual_seed(0)
+    layer, cell = torch.nn.Linear(12, 7), torch.nn.LSTMCell(12, 5)
+    x = torch.randn(3, 12, generator=generator, requires_grad=True)
+    state = (torch.randn(3, 5, generator=generator), torch.randn(3, 5, generator=generator))
+    for ours, theirs in ((lambda: linear(layer, x), lambda: layer(x)),
+                         (lambda: torch.cat(lstm_cell(cell, x, state), 1), lambda: torch.cat(cell(x, state), 1))):
+        outputs, grads = [], []
+        for compute in (ours, theirs):
+            out = compute()
+            outputs.append(out)
+            grads.append(torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape)).sum(), x)[0])
+        torch.testing.assert_close(outputs[0], outputs[1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=0)
+
+
+def test_lstm_step_in_float32_equals_the_modules_in_float64():
+    """A whole decoder step (transposed products in float32) against the same model in float64,
+    where every layer runs its module's own code."""
+    model = tiny_model("lstm")
+    batch = random_batch(tiny_vocab(), seed=3, lang_lengths=(4, 6, 2), frame_lengths=[2] * 3)
+    outputs = []
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.float64):
+            model = model.to(dtype)
+            state = model.encode(batch["lang"], batch["lang_lengths"])
+            logits, mask, state = model.step(state, batch["frames"][:, 0].to(dtype))
+            outputs.append([logits, mask, state["h"], state["c"]])
+    for ours, reference in zip(*outputs):
+        torch.testing.assert_close(ours.double(), reference, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["lstm", "transformer"])
 def test_batch_size_comes_from_the_caller(name):
     model = tiny_model(name)

@@ -49,6 +49,35 @@ def dot_attention(inp, h):
     return score.expand_as(inp).mul(inp).sum(1)
 
 
+def transposed_layout(x) -> bool:
+    """Whether linear() / lstm_cell() compute their products on x as weight @ x.T: on a float32
+    CPU batch [B,in]. MKL's sgemm takes up to 3x longer for x @ weight.T (nn.Linear's product)
+    than for this layout at a few rows, a decoder step's batch: weight 4096x4648, 2 threads,
+    8 rows 17 vs 10 ms, 1 row the same (6 ms)."""
+    return x.dim() == 2 and x.device.type == "cpu" and x.dtype == torch.float32
+
+
+def linear(layer, x):
+    """layer(x) for x [B,in]: (weight @ x.T).T + bias for a float nn.Linear where
+    transposed_layout(x); quantized modules run their own code."""
+    if not (type(layer) is nn.Linear and layer.bias is not None and transposed_layout(x)):
+        return layer(x)
+    return torch.addmm(layer.bias[:, None], layer.weight, x.t()).t()  # [B,out]
+
+
+def lstm_cell(cell, x, state):
+    """cell(x, (h, c)) -> (h, c) for x [B,in]: for a float nn.LSTMCell where transposed_layout(x),
+    the gates W_ih x + W_hh h + biases in that layout, then nn.LSTMCell's update (gate order
+    i, f, g, o); quantized modules run their own code."""
+    if not (type(cell) is nn.LSTMCell and cell.bias and transposed_layout(x)):
+        return cell(x, state)
+    h, c = state
+    gates = torch.addmm(torch.addmm((cell.bias_ih + cell.bias_hh)[:, None], cell.weight_ih, x.t()), cell.weight_hh, h.t())
+    i, f, g, o = gates.t().chunk(4, 1)  # each [B,H]
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 class ResnetVisualEncoder(nn.Module):
     """ResNet-18 conv features [B,512,7,7] -> [B,dframe]: two 1x1 convs with BN, then a Linear."""
 
@@ -65,7 +94,7 @@ class ResnetVisualEncoder(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's 1x1 convs: 4x faster in fp16/bf16 on CPU
         x = F.relu(self.bn1(self.conv1(x)))  # [B,256,7,7]
         x = F.relu(self.bn2(self.conv2(x)))  # [B,64,7,7]
-        return self.fc(x.reshape(x.shape[0], FLAT))  # [B,dframe]
+        return linear(self.fc, x.reshape(x.shape[0], FLAT))  # [B,dframe]
 
 
 def reverse_within(x, lengths):
@@ -91,7 +120,7 @@ class MaskDecoder(nn.Module):
         self.dconv1 = nn.ConvTranspose2d(16, 1, kernel_size=4, stride=2, padding=1)
 
     def forward(self, x):  # x [B,d_in]
-        x = F.relu(self.d1(x)).reshape(-1, 64, 7, 7)
+        x = F.relu(linear(self.d1, x)).reshape(-1, 64, 7, 7)
         if x.dtype == torch.float32:  # oneDNN's transposed convs on CPU: ~3x faster channels-last in
             x = x.contiguous(memory_format=torch.channels_last)  # float32, slower in fp16/bf16
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # [B,64,14,14]
@@ -131,12 +160,12 @@ class ConvFrameMaskDecoder(nn.Module):
         each [B,D] -> cont_t [B,D+D+dframe+demb], action logits [B,V], state_t (h, c).
         (ALFRED runs vis_encoder inside step; the caller runs it here, so that training
         encodes all frames of a batch in one call.)"""
-        lang_t = dot_attention(self.attn_dropout(enc), self.h_tm1_fc(state_tm1[0]))  # [B,D]
+        lang_t = dot_attention(self.attn_dropout(enc), linear(self.h_tm1_fc, state_tm1[0]))  # [B,D]
         inp_t = self.input_dropout(torch.cat([vis_t, lang_t, e_t], dim=1))  # [B,dframe+D+demb]
-        h_t, c_t = (self.hstate_dropout(x) for x in self.cell(inp_t, state_tm1))
+        h_t, c_t = (self.hstate_dropout(x) for x in lstm_cell(self.cell, inp_t, state_tm1))
         cont_t = torch.cat([h_t, inp_t], dim=1)
         # Tied output: action embedding space -> logits against every action's embedding.
-        action_t = self.actor(self.actor_dropout(cont_t)).mm(self.emb.weight.t())  # [B,V]
+        action_t = linear(self.actor, self.actor_dropout(cont_t)).mm(self.emb.weight.t())  # [B,V]
         return cont_t, action_t, (h_t, c_t)
 
 
