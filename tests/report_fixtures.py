@@ -101,7 +101,7 @@ def failure(row: dict, status: str, error: str) -> dict:
 def write(table: str, row_or_rows, path: Path) -> None:
     rows = row_or_rows if isinstance(row_or_rows, list) else [row_or_rows]
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(bench_schema.to_arrow(table, rows), path)
+    pq.write_table(bench_schema.to_arrow(table, rows), path, **bench_schema.PARQUET_OPTIONS)
 
 
 def write_host(bench_dir: Path, host: Host, seed: int = 0) -> int:
@@ -130,7 +130,7 @@ def write_host(bench_dir: Path, host: Host, seed: int = 0) -> int:
     table = bench_schema.to_arrow("cells", rows)  # one conversion, then one single-row file per cell
     for index, path in enumerate(paths):
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table.slice(index, 1), path)
+        pq.write_table(table.slice(index, 1), path, **bench_schema.PARQUET_OPTIONS)  # as the bench rule writes them
     return len(paths)
 
 

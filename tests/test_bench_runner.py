@@ -63,6 +63,16 @@ def test_absent_device_is_a_skipped_row_without_a_child(tmp_path, monkeypatch):
     assert read_row(tmp_path / "cuda.parquet")["batch_size"] == 3
 
 
+def test_a_bench_file_has_no_dictionary_pages_or_statistics(tmp_path):
+    """What the aggregation parses thousands of: plain one-row column chunks."""
+    write_row(fake_spec(), tmp_path / "b3.parquet", status="ok", latency_p50_ms=1.5, error="none")
+    row_group = pq.read_metadata(tmp_path / "b3.parquet").row_group(0)
+    chunks = [row_group.column(i) for i in range(row_group.num_columns)]
+    assert len(chunks) > 100
+    assert not any(chunk.has_dictionary_page or chunk.is_stats_set for chunk in chunks)
+    assert read_row(tmp_path / "b3.parquet")["latency_p50_ms"] == 1.5
+
+
 def test_cuda_absent_in_torch_is_skipped_in_the_child():
     with pytest.raises(Exception) as info:
         child.measure_cell(fake_spec(device="cuda"), torch)

@@ -56,12 +56,12 @@ def write_text(target: str | os.PathLike, text: str) -> None:
     write_bytes(target, text.encode())
 
 
-def write_parquet(table, target: str | os.PathLike) -> None:
-    """Write a pandas DataFrame or a pyarrow Table atomically."""
+def write_parquet(table, target: str | os.PathLike, **options) -> None:
+    """Write a pandas DataFrame or a pyarrow Table atomically (options: pq.write_table's)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(target) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, **options)

@@ -156,7 +156,7 @@ def finish_rows(table: str, rows: list[dict], out_path: str | os.PathLike) -> li
         if row.get("device_name") is None:
             row["device_name"] = environment.device_name(row["device"])
         row["ts_utc"] = stamp
-    atomic.write_parquet(schema.to_arrow(table, rows), out_path)
+    atomic.write_parquet(schema.to_arrow(table, rows), out_path, **schema.PARQUET_OPTIONS)
     return rows
 
 
