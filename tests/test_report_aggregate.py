@@ -83,6 +83,21 @@ def test_an_older_harness_file_gets_nulls_and_unknown_columns_are_dropped(tmp_pa
     assert rows["peak_rss_mb"].isna().all() and "a_future_column" not in rows
 
 
+def test_columns_of_another_type_are_cast_and_a_file_whose_columns_do_not_cast_is_an_error_row(tmp_path):
+    import pyarrow as pa
+
+    bench = tmp_path / "bench"
+    key = {"device": ["cpu"], "model": ["lstm"], "variant": ["fp32"], "status": ["ok"]}
+    for host, batch, latency in (("ints", 1, [900]), ("foreign", 2, ["fast"])):
+        path = bench / host / "cells" / f"b{batch}.parquet"
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.table({**key, "batch_size": [batch], "latency_p50_ms": latency}), path)
+    rows = aggregate.aggregate(discover.bench_files(bench), bench).to_pandas().set_index("host")
+    assert rows.loc["ints", "latency_p50_ms"] == 900.0 and rows.loc["ints", "status"] == "ok"
+    assert rows.loc["foreign", "status"] == "error"
+    assert "foreign/cells/b2.parquet" in rows.loc["foreign", "error"]
+
+
 def test_discovery_skips_the_temporary_files_of_unfinished_writes(tmp_path):
     cells = tmp_path / "host" / "cells" / "lstm"
     cells.mkdir(parents=True)

@@ -5,11 +5,11 @@ reports/capacity.parquet, every host's capacity rows."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -55,40 +55,63 @@ def results_schema() -> pa.Schema:
 FOLDER_HOST = "_folder_host"
 
 
-def read_table(path: Path, bench_dir: Path, schema: pa.Schema) -> pa.Table:
-    """One benchmark file's columns that `schema` has, with its source_file and the host of
-    its folder (conform() fills a missing host from it). A file that cannot be read becomes
-    one `error` row naming it, so the report shows it."""
-    source = str(path.relative_to(bench_dir))
-    try:
-        parquet = pq.ParquetFile(pa.BufferReader(path.read_bytes()))  # from memory: 2x faster than from the file
-        wanted = set(schema.names) - {"source_file", FOLDER_HOST}  # a set: schema.names builds a new list
-        table = parquet.read(columns=[n for n in parquet.schema_arrow.names if n in wanted], use_threads=False)
-    except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
-        log.warning("could not read %s: %s", path, exc)
-        table = pa.Table.from_pylist([{"status": "error", "error": f"could not read benchmark file {source}: {exc}"}])
-    folder_host = discover.host_of(path, bench_dir)
-    table = table.append_column("source_file", pa.array([source] * table.num_rows, pa.string()))
-    return table.append_column(FOLDER_HOST, pa.array([folder_host] * table.num_rows, pa.string()))
+@dataclass(frozen=True)
+class Layout:
+    """The columns of one kind of benchmark file (one harness version's): which to keep, and
+    the types `schema` gives them; cast is False where the file already has those types."""
+
+    file_schema: pa.Schema
+    kept: list[int]
+    target: pa.Schema
+    cast: bool
 
 
-def conform(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
-    """Tables from read_table, in order, in the columns of `schema`: columns a file lacks (an
-    older harness) are null, a missing host is its folder's. Runs of files with one schema
-    (all of one harness version) are concatenated and cast once, not file by file."""
-    runs = [pa.concat_tables(list(run)) for _, run in itertools.groupby(tables, key=lambda t: t.schema)]
-    return pa.concat_tables([_conform_run(run, schema) for run in runs]) if runs else schema.empty_table()
+class FileReader:
+    """Reads benchmark files into the columns of `schema` that they have, in its types. The
+    files of one harness version share a layout: the first of them has its columns matched
+    by name and typed, the others need one schema comparison."""
+
+    def __init__(self, schema: pa.Schema, bench_dir: Path):
+        self.schema, self.bench_dir = schema, bench_dir
+        self.layouts: list[Layout] = []
+
+    def read(self, path: Path) -> pa.Table:
+        """One file's table; one that cannot be read, or whose columns do not cast (a foreign
+        file), becomes one `error` row naming it, so the report shows it."""
+        try:
+            table = pq.ParquetFile(pa.BufferReader(path.read_bytes())).read(use_threads=False)  # from memory: 2x faster
+            layout = self.layout_of(table)
+            table = table.select(layout.kept)
+            return table.cast(layout.target) if layout.cast else table
+        except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
+            log.warning("could not read %s: %s", path, exc)
+            message = f"could not read benchmark file {path.relative_to(self.bench_dir)}: {exc}"
+            return pa.Table.from_pylist([{"status": "error", "error": message}])
+
+    def layout_of(self, table: pa.Table) -> Layout:
+        for layout in self.layouts:
+            if table.schema.equals(layout.file_schema):
+                return layout
+        names = set(self.schema.names)
+        kept = [index for index, name in enumerate(table.column_names) if name in names]
+        target = pa.schema([self.schema.field(table.column_names[index]) for index in kept])
+        types = [table.schema.field(index).type for index in kept]
+        layout = Layout(table.schema, kept, target, cast=types != target.types)
+        self.layouts.append(layout)
+        return layout
 
 
-def _conform_run(table: pa.Table, schema: pa.Schema) -> pa.Table:
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A table of FileReader rows (columns in the schema's types, FOLDER_HOST added) in the
+    columns of `schema`: columns no file has are null, a missing host is its folder's."""
     columns = []
     for field in schema:
         if field.name == "host" and "host" in table.column_names:
-            columns.append(pc.coalesce(table["host"].cast(field.type), table[FOLDER_HOST]))
+            columns.append(pc.coalesce(table["host"], table[FOLDER_HOST]))
         elif field.name == "host":
             columns.append(table[FOLDER_HOST])
         elif field.name in table.column_names:
-            columns.append(table[field.name].cast(field.type))
+            columns.append(table[field.name])
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=schema)
@@ -143,13 +166,25 @@ def parse_files(files: list[Path], bench_dir: Path, schema: pa.Schema, digests: 
 
 def _parse_chunk(chunk) -> pa.Table:
     """One share's files as one table of one chunk (a chunk per file takes a worker longer
-    to pickle than to parse)."""
+    to pickle than to parse): the files' tables concatenated at once (columns an older
+    harness lacks null), then the per-file columns added for all rows at once."""
     files, bench_dir, schema, digests = chunk
-    tables = [read_table(path, bench_dir, schema) for path in files]
+    reader = FileReader(schema, bench_dir)
+    tables = [reader.read(path) for path in files]
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    rows = [t.num_rows for t in tables]
+    per_file = {"source_file": [str(path.relative_to(bench_dir)) for path in files],
+                FOLDER_HOST: [discover.host_of(path, bench_dir) for path in files]}
     if digests is not None:
-        tables = [t.append_column(CACHE_DIGEST, pa.array([d] * t.num_rows, pa.string())) for t, d in zip(tables, digests)]
+        per_file[CACHE_DIGEST] = digests
         schema = schema.append(pa.field(CACHE_DIGEST, pa.string()))
-    return conform(tables, schema).combine_chunks()
+    for name, values in per_file.items():
+        table = table.append_column(name, pa.array(list(repeat_each(values, rows)), pa.string()))
+    return conform(table, schema).combine_chunks()
+
+
+def repeat_each(values: list, counts: list[int]):
+    return (value for value, count in zip(values, counts) for _ in range(count))
 
 
 def read_cache(cache_path: str | Path, schema: pa.Schema) -> pa.Table:
