@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -179,12 +180,8 @@ def _parse_chunk(chunk) -> pa.Table:
         per_file[CACHE_DIGEST] = digests
         schema = schema.append(pa.field(CACHE_DIGEST, pa.string()))
     for name, values in per_file.items():
-        table = table.append_column(name, pa.array(list(repeat_each(values, rows)), pa.string()))
+        table = table.append_column(name, pa.array(np.repeat(np.asarray(values, dtype=object), rows), pa.string()))
     return conform(table, schema).combine_chunks()
-
-
-def repeat_each(values: list, counts: list[int]):
-    return (value for value, count in zip(values, counts) for _ in range(count))
 
 
 def read_cache(cache_path: str | Path, schema: pa.Schema) -> pa.Table:
