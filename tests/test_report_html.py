@@ -150,6 +150,18 @@ def test_figure_panels_put_hosts_side_by_side(two_host_page):
     plots.close(fig)
 
 
+def test_the_legend_lists_series_by_model_then_variant():
+    """Whichever panel shows a series first: here the second host's panel brings lstm bf16."""
+    rows = [{"host": host, "device": "cpu", "model": model, "variant": variant, "features": "mmap",
+             "batch_size": batch, "status": "ok", "sample_latency_p50_ms": 10.0 * batch}
+            for host, series in (("a-host", [("transformer", "fp32"), ("lstm", "fp32")]),
+                                 ("b-host", [("lstm", "bf16"), ("lstm", "fp32")]))
+            for model, variant in series for batch in (1, 2)]
+    fig = plots.sample_latency_figure(pd.DataFrame(rows))
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["lstm bf16", "lstm fp32", "transformer fp32"]
+    plots.close(fig)
+
+
 @pytest.mark.parametrize("low, high, base, expected", [
     (12, 6000, 10, [30, 100, 300, 1000, 3000]),  # 1-2-5 would give 8: 1-3 steps
     (3, 40, 10, [5, 10, 20]),

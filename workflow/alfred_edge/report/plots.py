@@ -149,12 +149,12 @@ def finish(fig, axes, title: str, xlabel: str, ylabel: str, same_y: bool = True)
     # In the top margin, above the panel titles; wrapped to the figure's width (~10 characters an inch).
     title = wrap(title, int(fig.get_figwidth() * 10))
     fig.suptitle(title, fontsize=12, y=1 - 0.08 / fig.get_figheight())
-    handles, labels = [], []
+    first_handle = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
+            first_handle.setdefault(label, handle)
+    labels = sorted(first_handle)  # by model, then variant, whichever panel shows a series first
+    handles = [first_handle[label] for label in labels]
     # As many legend columns as fit the figure's width (about 1.7 inches each).
     columns = max(1, min(len(labels), int(fig.get_figwidth() / 1.7)))
     if handles:
