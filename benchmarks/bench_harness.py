@@ -183,8 +183,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-steps", type=int, default=8)
     parser.add_argument("--min-iterations", type=int, default=10)
-    # 10 s per timed loop: on a shared machine the same cell's p50 moves ±15 % between 2-s loops
-    # run back to back, ±5 % between 10-s ones (the pipeline's 0.5 s default is for its run time).
+    # 10 s per timed loop: on a shared machine the same cell's p50 moved ±15 % between 2-s loops
+    # run back to back, mostly ±5 % between 10-s ones (config/README.md; the pipeline's 0.5 s
+    # default is for its run time).
     parser.add_argument("--min-duration-s", type=float, default=10.0)
     parser.add_argument("--max-duration-s", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=3)
