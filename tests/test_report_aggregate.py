@@ -77,9 +77,10 @@ def test_an_older_harness_file_gets_nulls_and_unknown_columns_are_dropped(tmp_pa
 
     pq.write_table(pa.table({"host": ["old-board"], "device": ["cpu"], "model": ["lstm"], "variant": ["fp32"],
                              "batch_size": [1], "status": ["ok"], "latency_p50_ms": [900.0],
-                             "a_future_column": ["x"]}), path)
+                             "a_future_column": ["x"], "source_file": ["elsewhere.parquet"]}), path)
     rows = aggregate.aggregate(discover.bench_files(bench), bench).to_pandas()
     assert rows["latency_p50_ms"].iloc[0] == 900.0
+    assert rows["source_file"].iloc[0] == "old-board/cells/b1.parquet"  # the path it was read from
     assert rows["peak_rss_mb"].isna().all() and "a_future_column" not in rows
 
 

@@ -93,7 +93,7 @@ class FileReader:
         for layout in self.layouts:
             if table.schema.equals(layout.file_schema):
                 return layout
-        names = set(self.schema.names)
+        names = set(self.schema.names) - {"source_file", FOLDER_HOST}  # added per file by _parse_chunk
         kept = [index for index, name in enumerate(table.column_names) if name in names]
         target = pa.schema([self.schema.field(table.column_names[index]) for index in kept])
         types = [table.schema.field(index).type for index in kept]
