@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("POLARS_MAX_THREADS", "2")  # the aggregate rule's threads; read when polars is imported
 sys.path.insert(0, str(REPO / "tests"))  # the report tests' realistic fixture writer
 
 import report_fixtures as fx  # noqa: E402
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=25)
     parser.add_argument("--batches", type=int, default=25)
     parser.add_argument("--keep", type=Path, help="write here and keep (default: a temporary folder)")
-    parser.add_argument("--workers", type=int, default=2, help="processes parsing files and drawing figures (the report rules' threads)")
+    parser.add_argument("--workers", type=int, default=2, help="processes drawing figures (the summary rule's threads)")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-report-"))
     bench, reports = root / "reports" / "bench", root / "reports"
@@ -52,14 +53,14 @@ def main() -> None:
 
         files = discover.bench_files(bench)
         cache = reports / ".cache" / "bench_cells.parquet"
-        first = timed(lambda: aggregate.aggregate(files, bench, evals, cache, args.workers))  # cache: none yet
+        first = timed(lambda: aggregate.aggregate(files, bench, evals, cache))  # cache: none yet
         now = dt.datetime.now(dt.timezone.utc)
         extra = fx.cell_row(fx.LAPTOP, "cpu", "lstm", "fp32", 1, np.random.default_rng(0), now)
         fx.write("cells", extra | {"host": "board00"}, bench / "board00" / "cells" / "rerun" / "b1.parquet")
         files = discover.bench_files(bench)
-        results, rerun_s = timed(lambda: aggregate.aggregate(files, bench, evals, cache, args.workers))
+        results, rerun_s = timed(lambda: aggregate.aggregate(files, bench, evals, cache))
         capacity, capacity_s = timed(
-            lambda: aggregate.aggregate_capacity(discover.bench_files(bench, "capacity"), bench, args.workers)
+            lambda: aggregate.aggregate_capacity(discover.bench_files(bench, "capacity"), bench)
         )
         write_parquet(results, reports / "results.parquet")
         write_parquet(capacity, reports / "capacity.parquet")

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shutil
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -73,8 +76,6 @@ def test_an_older_harness_file_gets_nulls_and_unknown_columns_are_dropped(tmp_pa
     bench = tmp_path / "bench"
     path = bench / "old-board" / "cells" / "b1.parquet"
     path.parent.mkdir(parents=True)
-    import pyarrow as pa
-
     pq.write_table(pa.table({"host": ["old-board"], "device": ["cpu"], "model": ["lstm"], "variant": ["fp32"],
                              "batch_size": [1], "status": ["ok"], "latency_p50_ms": [900.0],
                              "a_future_column": ["x"], "source_file": ["elsewhere.parquet"]}), path)
@@ -85,8 +86,6 @@ def test_an_older_harness_file_gets_nulls_and_unknown_columns_are_dropped(tmp_pa
 
 
 def test_columns_of_another_type_are_cast_and_a_file_whose_columns_do_not_cast_is_an_error_row(tmp_path):
-    import pyarrow as pa
-
     bench = tmp_path / "bench"
     key = {"device": ["cpu"], "model": ["lstm"], "variant": ["fp32"], "status": ["ok"]}
     for host, batch, latency in (("ints", 1, [900]), ("foreign", 2, ["fast"])):
@@ -132,12 +131,27 @@ def test_the_cache_gives_the_same_table_and_follows_changed_and_removed_files(tm
     assert aggregate.aggregate(discover.bench_files(bench), bench, cache_path=cache).num_rows == len(files) - 1
 
 
-def test_files_parsed_in_worker_processes_give_the_same_table(two_hosts, tmp_path, monkeypatch):
-    bench, evals, _ = two_hosts
+def test_the_scan_of_many_files_gives_the_rows_that_reading_them_one_by_one_gives(two_hosts):
+    bench, _, _ = two_hosts
+    files, schema = discover.bench_files(bench), aggregate.results_schema()
+    one_by_one = pa.concat_tables([aggregate.read_file(path, schema, bench) for path in files])
+    scanned = pa.concat_tables(aggregate.scan_files(files, schema, bench))
+    assert scanned.num_rows == len(files)
+    assert scanned.select(one_by_one.column_names).equals(one_by_one)
+
+
+def test_a_damaged_file_among_many_is_read_alone_and_the_others_in_bulk(two_hosts, tmp_path, monkeypatch):
+    bench = tmp_path / "bench"
+    shutil.copytree(two_hosts[0], bench)
     files = discover.bench_files(bench)
-    serial = aggregate.aggregate(files, bench, evals)
-    monkeypatch.setattr(aggregate, "PARALLEL_FROM_FILES", 10)  # the fixture's 96 files in two shares
-    assert aggregate.aggregate(files, bench, evals, workers=2).equals(serial)
-    cache = tmp_path / "cells.parquet"
-    assert aggregate.aggregate(files, bench, evals, cache, workers=2).equals(serial)
-    assert aggregate.aggregate(files, bench, evals, cache, workers=2).equals(serial)  # from the cache
+    good = aggregate.aggregate(files, bench).to_pandas()
+    damaged = files[len(files) // 3].with_name("damaged.parquet")
+    damaged.write_bytes(b"PAR1 truncated")
+    read_alone = []
+    read_file = aggregate.read_file
+    monkeypatch.setattr(aggregate, "read_file", lambda path, *args: read_alone.append(path) or read_file(path, *args))
+    rows = aggregate.aggregate(discover.bench_files(bench), bench).to_pandas()
+    assert read_alone == [damaged]
+    is_damaged = rows["source_file"] == str(damaged.relative_to(bench))
+    assert is_damaged.sum() == 1 and rows[is_damaged]["status"].item() == "error"
+    pd.testing.assert_frame_equal(rows[~is_damaged].reset_index(drop=True), good)

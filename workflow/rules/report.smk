@@ -21,7 +21,7 @@ rule aggregate:
         capacity="reports/capacity.parquet",
     log:
         "logs/aggregate/aggregate.log",
-    threads: 2  # thousands of files are parsed in parallel processes
+    threads: 2  # polars reads thousands of files in parallel threads
     resources:
         disk_mb=1,
     params:

@@ -7,15 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -54,57 +51,51 @@ def results_schema() -> pa.Schema:
 
 
 FOLDER_HOST = "_folder_host"
+SOURCE_PATH = "_source_path"  # the path a row was read from, until source_file and FOLDER_HOST replace it
+ADDED_PER_FILE = {"source_file", FOLDER_HOST, CACHE_DIGEST}  # never read from a file: added for where it lies
 
 
-@dataclass(frozen=True)
-class Layout:
-    """The columns of one kind of benchmark file (one harness version's): which to keep, and
-    the types `schema` gives them; cast is False where the file already has those types."""
+def scan_files(files: list[Path], schema: pa.Schema, bench_dir: Path) -> list[pa.Table]:
+    """The files' rows in order, each table in the columns of `schema` (but ADDED_PER_FILE)
+    that its files have, plus SOURCE_PATH. One polars scan reads thousands of small files in
+    a few threads ~3x faster than pyarrow reads them one by one (benchmarks/bench_report.py),
+    but fails as a whole on one damaged or foreign file: the files are then halved until
+    each failing file is read alone by read_file."""
+    if not files:
+        return []
+    readable = pa.schema([field for field in schema if field.name not in ADDED_PER_FILE])
+    try:
+        frame = pl.scan_parquet(
+            [str(path) for path in files], schema=pl.from_arrow(readable.empty_table()).schema,
+            missing_columns="insert", extra_columns="ignore", include_file_paths=SOURCE_PATH,
+            glob=False, hive_partitioning=False,  # host folders may hold [ * = ]
+        ).collect()
+        return [frame.to_arrow().cast(readable.append(pa.field(SOURCE_PATH, pa.string())))]
+    except Exception:  # polars raises several types for a damaged or foreign file
+        if len(files) == 1:
+            return [read_file(files[0], schema, bench_dir)]
+        half = len(files) // 2
+        return scan_files(files[:half], schema, bench_dir) + scan_files(files[half:], schema, bench_dir)
 
-    file_schema: pa.Schema
-    kept: list[int]
-    target: pa.Schema
-    cast: bool
 
-
-class FileReader:
-    """Reads benchmark files into the columns of `schema` that they have, in its types. The
-    files of one harness version share a layout: the first of them has its columns matched
-    by name and typed, the others need one schema comparison."""
-
-    def __init__(self, schema: pa.Schema, bench_dir: Path):
-        self.schema, self.bench_dir = schema, bench_dir
-        self.layouts: list[Layout] = []
-
-    def read(self, path: Path) -> pa.Table:
-        """One file's table; one that cannot be read, or whose columns do not cast (a foreign
-        file), becomes one `error` row naming it, so the report shows it."""
-        try:
-            table = pq.ParquetFile(pa.BufferReader(path.read_bytes())).read(use_threads=False)  # from memory: 2x faster
-            layout = self.layout_of(table)
-            table = table.select(layout.kept)
-            return table.cast(layout.target) if layout.cast else table
-        except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
-            log.warning("could not read %s: %s", path, exc)
-            message = f"could not read benchmark file {path.relative_to(self.bench_dir)}: {exc}"
-            return pa.Table.from_pylist([{"status": "error", "error": message}])
-
-    def layout_of(self, table: pa.Table) -> Layout:
-        for layout in self.layouts:
-            if table.schema.equals(layout.file_schema):
-                return layout
-        names = set(self.schema.names) - {"source_file", FOLDER_HOST}  # added per file by _parse_chunk
-        kept = [index for index, name in enumerate(table.column_names) if name in names]
-        target = pa.schema([self.schema.field(table.column_names[index]) for index in kept])
-        types = [table.schema.field(index).type for index in kept]
-        layout = Layout(table.schema, kept, target, cast=types != target.types)
-        self.layouts.append(layout)
-        return layout
+def read_file(path: Path, schema: pa.Schema, bench_dir: Path) -> pa.Table:
+    """One file's columns that `schema` has (but ADDED_PER_FILE), cast to its types (an older
+    harness's int32, say), plus SOURCE_PATH; a file that cannot be read, or whose columns do
+    not cast (a foreign file), becomes one `error` row naming it, so the report shows it."""
+    try:
+        table = pq.read_table(path)
+        kept = [name for name in table.column_names if name in schema.names and name not in ADDED_PER_FILE]
+        table = table.select(kept).cast(pa.schema([schema.field(name) for name in kept]))
+    except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
+        log.warning("could not read %s: %s", path, exc)
+        message = f"could not read benchmark file {path.relative_to(bench_dir)}: {exc}"
+        table = pa.table({"status": ["error"], "error": [message]})
+    return table.append_column(SOURCE_PATH, pa.array([str(path)] * table.num_rows, pa.string()))
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A table of FileReader rows (columns in the schema's types, FOLDER_HOST added) in the
-    columns of `schema`: columns no file has are null, a missing host is its folder's."""
+    """Rows read from files (columns in the schema's types, FOLDER_HOST added) in the columns
+    of `schema`: columns no file has are null, a missing host is its folder's."""
     columns = []
     for field in schema:
         if field.name == "host" and "host" in table.column_names:
@@ -119,15 +110,15 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def read_tables(files: Iterable[str | Path], bench_dir: str | Path, schema: pa.Schema,
-                cache_path: str | Path | None = None, workers: int = 1) -> pa.Table:
-    """Every file conformed to `schema`, parsed in `workers` processes. With cache_path, a
-    file whose bytes were read in an earlier run (same BLAKE2 digest) is taken from that
-    cache instead of being parsed again (parsing costs ~2 ms per file here, ~10 ms on a small
-    board, hashing ~0.1 ms), and the cache is rewritten with the rows of exactly these files."""
+                cache_path: str | Path | None = None) -> pa.Table:
+    """Every file conformed to `schema`. With cache_path, a file whose bytes were read in an
+    earlier run (same BLAKE2 digest) is taken from that cache instead of being parsed again
+    (parsing costs ~1 ms per file here, ~10 ms on a small board, hashing ~0.1 ms), and the
+    cache is rewritten with the rows of exactly these files."""
     bench_dir = Path(bench_dir)
     files = [Path(path) for path in files]
     if cache_path is None:
-        return parse_files(files, bench_dir, schema, workers=workers)
+        return parse_files(files, bench_dir, schema)
     cache = read_cache(cache_path, schema)
     rows_of = {}  # digest -> row indices in the cache
     for index, digest in enumerate(cache[CACHE_DIGEST].to_pylist()):
@@ -141,7 +132,7 @@ def read_tables(files: Iterable[str | Path], bench_dir: str | Path, schema: pa.S
         else:
             new_files.append(path)
             new_digests.append(digest)
-    parsed = parse_files(new_files, bench_dir, schema, new_digests, workers)
+    parsed = parse_files(new_files, bench_dir, schema, new_digests)
     reused = cache.take(pa.array(cached_rows, pa.int64()))  # one take: per-file takes cost more than parsing
     reused = reused.set_column(schema.get_field_index("source_file"), "source_file", pa.array(cached_sources, pa.string()))
     combined = pa.concat_tables([reused, parsed]).combine_chunks()
@@ -149,38 +140,23 @@ def read_tables(files: Iterable[str | Path], bench_dir: str | Path, schema: pa.S
     return combined.drop_columns([CACHE_DIGEST])
 
 
-PARALLEL_FROM_FILES = 500  # below this, starting the worker processes costs more than it saves
-
-
-def parse_files(files: list[Path], bench_dir: Path, schema: pa.Schema, digests: list[str] | None = None,
-                workers: int = 1) -> pa.Table:
+def parse_files(files: list[Path], bench_dir: Path, schema: pa.Schema, digests: list[str] | None = None) -> pa.Table:
     """The files conformed to `schema` in order, with a CACHE_DIGEST column when digests are
-    given; in `workers` forked processes, each parsing and conforming a contiguous share."""
-    shares = max(1, min(workers, len(files) // PARALLEL_FROM_FILES))
-    bounds = [len(files) * share // shares for share in range(shares + 1)]
-    chunks = [(files[a:b], bench_dir, schema, None if digests is None else digests[a:b]) for a, b in zip(bounds, bounds[1:])]
-    if shares == 1:
-        return _parse_chunk(chunks[0])
-    with ProcessPoolExecutor(shares, mp_context=multiprocessing.get_context("fork")) as pool:
-        return pa.concat_tables(pool.map(_parse_chunk, chunks))
-
-
-def _parse_chunk(chunk) -> pa.Table:
-    """One share's files as one table of one chunk (a chunk per file takes a worker longer
-    to pickle than to parse): the files' tables concatenated at once (columns an older
-    harness lacks null), then the per-file columns added for all rows at once."""
-    files, bench_dir, schema, digests = chunk
-    reader = FileReader(schema, bench_dir)
-    tables = [reader.read(path) for path in files]
-    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-    rows = [t.num_rows for t in tables]
+    given: the per-file columns (source_file, FOLDER_HOST, digest) looked up by SOURCE_PATH."""
+    if digests is not None:
+        schema = schema.append(pa.field(CACHE_DIGEST, pa.string()))
+    tables = scan_files(files, schema, bench_dir)
+    if not tables:
+        return schema.empty_table()
+    table = pa.concat_tables(tables, promote_options="default")  # a lone file's table has fewer columns
     per_file = {"source_file": [str(path.relative_to(bench_dir)) for path in files],
                 FOLDER_HOST: [discover.host_of(path, bench_dir) for path in files]}
     if digests is not None:
         per_file[CACHE_DIGEST] = digests
-        schema = schema.append(pa.field(CACHE_DIGEST, pa.string()))
+    index_of = {str(path): index for index, path in enumerate(files)}
+    file_of_row = pa.array([index_of[source] for source in table[SOURCE_PATH].to_pylist()], pa.int64())
     for name, values in per_file.items():
-        table = table.append_column(name, pa.array(np.repeat(np.asarray(values, dtype=object), rows), pa.string()))
+        table = table.append_column(name, pa.array(values, pa.string()).take(file_of_row))
     return conform(table, schema).combine_chunks()
 
 
@@ -217,11 +193,11 @@ def newest_per_cell(cells: pd.DataFrame) -> pd.DataFrame:
     return newest.sort_values(key_columns(), kind="stable", na_position="last").reset_index(drop=True)
 
 
-def aggregate(cell_files, bench_dir, eval_files=(), cache_path=None, workers: int = 1) -> pa.Table:
+def aggregate(cell_files, bench_dir, eval_files=(), cache_path=None) -> pa.Table:
     """The results table (Arrow, results_schema()) from cell files and quantization tables
-    (cache_path, workers: see read_tables)."""
+    (cache_path: see read_tables)."""
     schema = results_schema()
-    cells = read_tables(cell_files, bench_dir, schema, cache_path, workers).to_pandas(types_mapper=nullable_type)
+    cells = read_tables(cell_files, bench_dir, schema, cache_path).to_pandas(types_mapper=nullable_type)
     accuracy = read_accuracy(eval_files)
     if not accuracy.empty and not cells.empty:
         joined = cells.drop(columns=list(accuracy.columns[2:])).merge(
@@ -232,8 +208,8 @@ def aggregate(cell_files, bench_dir, eval_files=(), cache_path=None, workers: in
     return pa.Table.from_pandas(cells, schema=schema, preserve_index=False)
 
 
-def aggregate_capacity(capacity_files, bench_dir, workers: int = 1) -> pa.Table:
-    return read_tables(capacity_files, bench_dir, bench_schema.arrow_schema("capacity"), workers=workers)
+def aggregate_capacity(capacity_files, bench_dir) -> pa.Table:
+    return read_tables(capacity_files, bench_dir, bench_schema.arrow_schema("capacity"))
 
 
 def nullable_type(arrow_type: pa.DataType):
