@@ -5,6 +5,8 @@ files (one row each, as the bench rule writes them) into a temporary folder, the
   - aggregation, first run (every file parsed) and rerun after one new file arrives (rows of
     unchanged files from the content-keyed cache, as the aggregate rule runs it);
   - rendering of summary.html and the plot files from the 10,000-row results table.
+The rendering time follows the number of panels (hosts × devices: 50 a figure by default),
+not the rows: `--hosts 5 --batches 125` writes the same 10,000 rows as 10 panels a figure.
 Usage: python benchmarks/bench_report.py [--hosts 25] [--batches 25] [--workers 2] [--keep DIR]
 """
 from __future__ import annotations
