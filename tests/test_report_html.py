@@ -146,7 +146,27 @@ def test_figure_panels_put_hosts_side_by_side(two_host_page):
     ticks = panels[0].get_yticks()
     assert 2 <= len(ticks) <= 6 and all(low <= t <= high for t in ticks)
     assert all(label.get_text() and "$" not in label.get_text() for label in panels[0].get_yticklabels())
-    assert not panels[1].yaxis.get_tick_params()["labelleft"]
+    assert len(panels[1].get_yticks()) == 0
+    assert len({ax.get_ylim() for ax in panels}) == len({ax.get_xlim() for ax in panels}) == 1
+    plots.close(fig)
+
+
+def test_shared_axes_are_labelled_on_the_outer_panels_and_every_panel_has_grid_lines():
+    """Six panels in rows of four: y ticks on the first panel of each row, x ticks on the
+    lowest panel of each column (the second row's two, the first row's last two)."""
+    rows = [{"host": f"host-{index}", "device": "cpu", "model": "lstm", "variant": "fp32", "features": "mmap",
+             "batch_size": batch, "status": "ok", "throughput_samples_per_s": (index + 1) * batch}
+            for index in range(6) for batch in (1, 2, 4)]
+    fig = plots.throughput_figure(pd.DataFrame(rows))
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [i for i, ax in enumerate(panels) if len(ax.get_yticks())] == [0, 4]
+    assert [i for i, ax in enumerate(panels) if len(ax.get_xticks())] == [2, 3, 4, 5]
+    assert [label.get_text() for label in panels[4].get_xticklabels()] == ["1", "2", "4"]
+    assert [ax.get_xlabel() for ax in panels] == ["", "", "batch", "batch", "batch", "batch"]
+    assert len({ax.get_ylim() for ax in panels}) == 1
+    for ax in panels:  # vertical lines at the batches, horizontal ones at the y ticks of the first panel
+        grids = [c for c in ax.collections if c.get_transform() in (ax.get_xaxis_transform(), ax.get_yaxis_transform())]
+        assert [len(c.get_segments()) for c in grids] == [3, len(panels[0].get_yticks())]
     plots.close(fig)
 
 

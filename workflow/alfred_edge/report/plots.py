@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import matplotlib.ticker  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -22,6 +23,7 @@ DEFAULT_FEATURES = "mmap"  # series read another way are labelled with it
 MODEL_MARKERS = {"lstm": "o", "transformer": "s"}
 OTHER_MARKERS = "^vD<>ph*"
 VARIANT_COLOURS = {"fp32": "#1f77b4", "int8_dynamic": "#d62728", "fp16": "#2ca02c", "bf16": "#9467bd"}
+GRID_STYLE = {"colors": "#b0b0b0", "linewidths": 0.8, "alpha": 0.3}  # matplotlib's grid, as ax.grid(alpha=0.3) draws it
 OTHER_COLOURS = ["#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
@@ -81,9 +83,9 @@ def panel_title(host: str, device: str, width: int = 44) -> str:
 
 
 def panel_grid(count: int, size=PANEL_SIZE):
-    """A grid of `count` panels. Their y axes are not shared by matplotlib: with dozens of
+    """A grid of `count` panels. Their axes are not shared by matplotlib: with dozens of
     panels, every shared autoscale touches every sibling (quadratic; most of the drawing
-    time at 50 panels); finish(same_y=True) gives them one y range instead."""
+    time at 50 panels); finish() gives them one range instead."""
     columns = min(count, MAX_COLUMNS)
     rows = math.ceil(count / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows + 0.7), squeeze=False)
@@ -93,18 +95,11 @@ def panel_grid(count: int, size=PANEL_SIZE):
     return fig, flat[:count]
 
 
-def same_y_range(axes) -> None:
-    """One y range over the panels that hold data (the union of their own ranges), y tick
-    labels on the first column only: what sharey=True looks like."""
-    drawn = [ax for ax in axes if ax.has_data()]
-    if not drawn:
-        return
-    lows, highs = zip(*(ax.get_ylim() for ax in drawn))
-    for ax in drawn:
-        ax.set_ylim(min(lows), max(highs))
-    for index, ax in enumerate(axes):
-        if index % MAX_COLUMNS:
-            ax.tick_params(labelleft=False)
+def share_range(axes, axis: str) -> None:
+    """One x or y range over the panels: the union of their own."""
+    lows, highs = zip(*(getattr(ax, f"get_{axis}lim")() for ax in axes))
+    for ax in axes:
+        getattr(ax, f"set_{axis}lim")(min(lows), max(highs))
 
 
 def log_ticks(low: float, high: float, base: int, most: int = 6) -> list[float]:
@@ -127,24 +122,60 @@ def log_ticks(low: float, high: float, base: int, most: int = 6) -> list[float]:
     return ticks
 
 
-def set_log_y_ticks(ax) -> None:
-    low, high = ax.get_ylim()
-    ticks = log_ticks(low, high, 10)
-    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+def axis_ticks(ax, axis: str) -> list[float]:
+    """Tick positions inside the axis's range: log_ticks on a log axis, else at most 4 round values."""
+    low, high = getattr(ax, f"get_{axis}lim")()
+    if getattr(ax, f"get_{axis}scale")() == "log":
+        return log_ticks(low, high, getattr(ax, f"{axis}axis").get_transform().base)
+    values = matplotlib.ticker.MaxNLocator(4, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high)
+    return [float(t) for t in values if low <= t <= high]
 
 
-def finish(fig, axes, title: str, xlabel: str, ylabel: str, same_y: bool = True) -> None:
-    """Title, shared legend and margins; y range shared (same_y); axis names once: y on the
-    first panel, x under the bottom panel of each column."""
-    if same_y:
-        same_y_range(axes)
+def grid_and_ticks(ax, axis: str, ticks, labelled: bool) -> None:
+    """Grid lines at `ticks` (one collection), and ticks labelled as plain numbers (no
+    mathtext) where `labelled`; elsewhere no ticks at all: a matplotlib Tick is five
+    artists, and creating and drawing them on every panel took a quarter of a 50-panel
+    figure's time."""
+    getattr(ax, f"{axis}axis").set_minor_locator(matplotlib.ticker.NullLocator())
+    if labelled:
+        getattr(ax, f"set_{axis}ticks")(ticks, [f"{t:g}" for t in ticks])
+    else:
+        getattr(ax, f"{axis}axis").set_major_locator(matplotlib.ticker.NullLocator())
+    if axis == "x":
+        segments, transform = [[(t, 0), (t, 1)] for t in ticks], ax.get_xaxis_transform()
+    else:
+        segments, transform = [[(0, t), (1, t)] for t in ticks], ax.get_yaxis_transform()
+    ax.add_collection(LineCollection(segments, transform=transform, zorder=0.5, **GRID_STYLE), autolim=False)
+
+
+def finish(fig, axes, title: str, xlabel: str, ylabel: str, same_y: bool = True, x_ticks=None) -> None:
+    """Title, shared legend and margins. The panels that hold data share one y range (same_y)
+    and, given x_ticks, one x range with those ticks; a shared axis is labelled on the outer
+    panels only (y on the first panel of each row, x on the lowest of each column), as
+    sharex/sharey do; every panel gets grid lines. Axis names once: y on the first panel,
+    x under the lowest panel of each column."""
+    drawn = [index for index, ax in enumerate(axes) if ax.has_data()]
     for ax in axes:
-        if ax.has_data() and ax.get_yscale() == "log":
-            set_log_y_ticks(ax)
-        else:  # a few ticks: each costs a Tick of five artists on every panel
-            ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4, steps=[1, 2, 2.5, 5, 10]))
-    for ax in axes[-MAX_COLUMNS:]:
-        ax.set_xlabel(xlabel)
+        if not ax.has_data():  # a panel holding only a note
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if drawn:
+        if same_y:
+            share_range([axes[index] for index in drawn], "y")
+        if x_ticks is not None:
+            share_range([axes[index] for index in drawn], "x")
+        lowest_in_column = {index % MAX_COLUMNS: index for index in drawn}  # the last of each column wins
+        first_in_row = {}
+        for index in drawn:
+            first_in_row.setdefault(index // MAX_COLUMNS, index)
+        x_labelled = set(lowest_in_column.values()) if x_ticks is not None else set(drawn)
+        y_labelled = set(first_in_row.values()) if same_y else set(drawn)
+        for index in drawn:
+            ax = axes[index]
+            grid_and_ticks(ax, "x", axis_ticks(ax, "x") if x_ticks is None else x_ticks, index in x_labelled)
+            grid_and_ticks(ax, "y", axis_ticks(ax, "y"), index in y_labelled)
+        for index in lowest_in_column.values():
+            axes[index].set_xlabel(xlabel)
     axes[0].set_ylabel(ylabel)
     # In the top margin, above the panel titles; wrapped to the figure's width (~10 characters an inch).
     title = wrap(title, int(fig.get_figwidth() * 10))
@@ -162,7 +193,7 @@ def finish(fig, axes, title: str, xlabel: str, ylabel: str, same_y: bool = True)
     rows = math.ceil(len(axes) / MAX_COLUMNS)
     bottom = min(0.45, (0.55 + 0.2 * math.ceil(len(labels) / columns)) / fig.get_figheight()) if labels else 0.08
     fig.subplots_adjust(left=min(0.15, 0.75 / fig.get_figwidth()), right=0.98, top=1 - (0.5 + 0.2 * title.count("\n")) / fig.get_figheight(), bottom=bottom,
-                        wspace=0.12, hspace=0.45 if rows > 1 else 0.2)
+                        wspace=0.12 if same_y else 0.3, hspace=0.45 if rows > 1 else 0.2)  # room for y labels on every panel
 
 
 def ok_cells(cells: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -190,26 +221,10 @@ def panels_of(rows: pd.DataFrame, columns: list[str]) -> dict:
     return panels
 
 
-def batches_of(lines) -> pd.Series:
-    return pd.concat([line["batch_size"] for *_, line in lines])
-
-
-def log_y(ax) -> None:
-    """Log y without minor ticks (they crowd the axis and cost most of the drawing); finish()
-    places the major ones."""
-    ax.set_yscale("log")
-    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-
-
-def batch_axis(ax, batches) -> None:
-    """Log-2 batch axis: ticks at each batch of a short sweep, else at powers of 2."""
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+def batch_ticks(batches) -> list[int]:
+    """The batch axis's ticks: each batch of a short sweep, else powers of 2."""
     ticks = sorted(set(int(b) for b in batches))
-    if len(ticks) > 10:
-        ticks = [int(t) for t in log_ticks(ticks[0], ticks[-1], 2)]
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.grid(True, which="major", alpha=0.3)
+    return ticks if len(ticks) <= 10 else [int(t) for t in log_ticks(ticks[0], ticks[-1], 2)]
 
 
 def whisker_line(x, low, high) -> tuple[np.ndarray, np.ndarray]:
@@ -240,10 +255,10 @@ def per_panel_lines(cells, column, title, ylabel, whiskers=False):
                 p90, p99 = (line[name].to_numpy(float) for name in ("latency_p90_ms", "latency_p99_ms"))
                 ax.plot(*whisker_line(x, y, p90), color=styles.colour[variant], lw=1.2)
                 ax.plot(*whisker_line(x, np.fmax(y, p90), p99), color=styles.colour[variant], lw=0.6)
-        batch_axis(ax, batches_of(series))
-        log_y(ax)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
-    finish(fig, axes, title, "batch", ylabel)
+    finish(fig, axes, title, "batch", ylabel, x_ticks=batch_ticks(rows["batch_size"]))
     return fig
 
 
@@ -273,7 +288,8 @@ def energy_figure(cells, reasons: dict[str, str]):
     keys = panel_keys(cells[cells["status"] == "ok"])
     if not keys:
         return None
-    panels = panels_of(ok_cells(cells, "energy_per_sample_j"), ["energy_per_sample_j"])
+    rows = ok_cells(cells, "energy_per_sample_j")
+    panels = panels_of(rows, ["energy_per_sample_j"])
     styles = Styles(cells[cells["status"] == "ok"])
     fig, axes = panel_grid(len(keys))
     for ax, (host, device) in zip(axes, keys):
@@ -283,14 +299,13 @@ def energy_figure(cells, reasons: dict[str, str]):
             reason = reasons.get(host) or "no power readings"
             ax.text(0.5, 0.5, "power not measured:\n" + wrap(reason, 40), ha="center", va="center",
                     transform=ax.transAxes, fontsize=8, color="#555")
-            ax.set_xticks([])
             continue
         for model, variant, features, line in series:
             ax.plot(line["batch_size"], line["energy_per_sample_j"], ms=marker_size(len(line)), lw=1.2,
                     **styles.line_kwargs(model, variant, features))
-        batch_axis(ax, batches_of(series))
-        log_y(ax)
-    finish(fig, axes, "Energy per sample", "batch", "J per sample")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+    finish(fig, axes, "Energy per sample", "batch", "J per sample", x_ticks=batch_ticks(rows["batch_size"]))
     return fig
 
 
@@ -313,8 +328,8 @@ def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
     ].itertuples(index=False)}
     fig, axes = panel_grid(len(panels))
     for ax, ((host, device), series) in zip(axes, panels.items()):
-        batches = batches_of(series)
-        xs = np.geomspace(1.0, float(batches.max()), 24)  # straight lines curve on a log axis
+        largest_batch = max(float(line["batch_size"].max()) for *_, line in series)
+        xs = np.geomspace(1.0, largest_batch, 24)  # straight lines curve on a log axis
         for model, variant, features, line in series:
             ax.plot(line["batch_size"], line["peak_rss_mb"], ls="none", ms=4, **styles.kwargs(model, variant, features))
             if (host, device, model, variant, features) in lines_of:
@@ -322,10 +337,10 @@ def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
                 ax.plot(xs, intercept + slope * xs, color=styles.colour[variant], lw=0.9, ls="--")
         peak = max(float(line["peak_rss_mb"].max()) for *_, line in series)
         draw_budgets(ax, budgets[budgets["host"] == host], peak)
-        batch_axis(ax, batches)
+        ax.set_xscale("log", base=2)
         ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
     finish(fig, axes, "Peak RAM against batch: measured (points), fitted (dashed), budgets (dotted)", "batch",
-           "peak RSS (MB)", same_y=False)
+           "peak RSS (MB)", same_y=False, x_ticks=batch_ticks(rows["batch_size"]))
     return fig
 
 
@@ -364,7 +379,6 @@ def accuracy_figure(cells):
             ax.annotate(row.variant, (row.sample_latency_p50_ms, row.accuracy_valid_seen * 100),
                         fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set_xlim(left=0)
-        ax.grid(True, alpha=0.3)
         ax.set_title(panel_title(host, device), fontsize=10, y=1.0)
     finish(fig, axes, "Accuracy against latency (marker area ∝ file size)", "ms per sample at batch 1",
            "action accuracy, valid_seen (%)")
