@@ -155,10 +155,9 @@ def finish(fig, axes, title: str, xlabel: str, ylabel: str, same_y: bool = True,
     sharex/sharey do; every panel gets grid lines. Axis names once: y on the first panel,
     x under the lowest panel of each column."""
     drawn = [index for index, ax in enumerate(axes) if ax.has_data()]
-    for ax in axes:
-        if not ax.has_data():  # a panel holding only a note
-            ax.set_xticks([])
-            ax.set_yticks([])
+    for index in set(range(len(axes))) - set(drawn):  # a panel holding only a note
+        axes[index].set_xticks([])
+        axes[index].set_yticks([])
     if drawn:
         if same_y:
             share_range([axes[index] for index in drawn], "y")
