@@ -24,9 +24,9 @@ def test_defaults_equal_the_embedded_config():
         {k: bench["capacity"][k] for k in ("max_batch", "factor", "steps", "max_seconds")}
 
 
-def test_parent_side_imports_neither_pandas_snakemake_matplotlib_nor_torch():
+def test_parent_side_imports_none_of_pandas_polars_snakemake_matplotlib_torch():
     code = ("import sys; import alfred_edge.bench.__main__, alfred_edge.bench.runner, alfred_edge.bench.capacity; "
-            "print(sorted(m for m in ('pandas', 'snakemake', 'matplotlib', 'torch', 'yaml') if m in sys.modules))")
+            "print(sorted(m for m in ('pandas', 'polars', 'snakemake', 'matplotlib', 'torch', 'yaml') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
