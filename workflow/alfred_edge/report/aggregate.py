@@ -55,6 +55,11 @@ SOURCE_PATH = "_source_path"  # the path a row was read from, until source_file 
 ADDED_PER_FILE = {"source_file", FOLDER_HOST, CACHE_DIGEST}  # never read from a file: added for where it lies
 
 
+def readable_columns(schema: pa.Schema) -> pa.Schema:
+    """The columns of `schema` that a benchmark file may give: all but ADDED_PER_FILE."""
+    return pa.schema([field for field in schema if field.name not in ADDED_PER_FILE])
+
+
 def scan_files(files: list[Path], schema: pa.Schema, bench_dir: Path) -> list[pa.Table]:
     """The files' rows in order, each table in the columns of `schema` (but ADDED_PER_FILE)
     that its files have, plus SOURCE_PATH. One polars scan reads thousands of small files in
@@ -63,7 +68,7 @@ def scan_files(files: list[Path], schema: pa.Schema, bench_dir: Path) -> list[pa
     each failing file is read alone by read_file."""
     if not files:
         return []
-    readable = pa.schema([field for field in schema if field.name not in ADDED_PER_FILE])
+    readable = readable_columns(schema)
     try:
         frame = pl.scan_parquet(
             [str(path) for path in files], schema=pl.from_arrow(readable.empty_table()).schema,
@@ -84,8 +89,9 @@ def read_file(path: Path, schema: pa.Schema, bench_dir: Path) -> pa.Table:
     not cast (a foreign file), becomes one `error` row naming it, so the report shows it."""
     try:
         table = pq.read_table(path)
-        kept = [name for name in table.column_names if name in schema.names and name not in ADDED_PER_FILE]
-        table = table.select(kept).cast(pa.schema([schema.field(name) for name in kept]))
+        readable = readable_columns(schema)
+        kept = [name for name in table.column_names if name in readable.names]
+        table = table.select(kept).cast(pa.schema([readable.field(name) for name in kept]))
     except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
         log.warning("could not read %s: %s", path, exc)
         message = f"could not read benchmark file {path.relative_to(bench_dir)}: {exc}"
