@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import shutil
 
 import numpy as np
@@ -129,6 +130,28 @@ def test_the_cache_gives_the_same_table_and_follows_changed_and_removed_files(tm
     # A damaged cache is ignored.
     cache.write_bytes(b"not parquet")
     assert aggregate.aggregate(discover.bench_files(bench), bench, cache_path=cache).num_rows == len(files) - 1
+
+
+def test_the_cache_parses_only_the_files_written_since_it_was_made(tmp_path, monkeypatch):
+    bench, cache = tmp_path / "bench", tmp_path / "cache" / "cells.parquet"
+    host = dataclasses.replace(fx.LAPTOP, models=("lstm",), variants=("fp32", "int8_dynamic"), batches=(1, 2))
+    fx.write_host(bench, host)
+    files = discover.bench_files(bench)
+    parsed = []
+    scan = aggregate.scan_files
+    monkeypatch.setattr(aggregate, "scan_files", lambda paths, *args: parsed.extend(paths) or scan(paths, *args))
+    aggregate.aggregate(files, bench, cache_path=cache)
+    assert parsed == files
+    parsed.clear()
+    aggregate.aggregate(files, bench, cache_path=cache)
+    assert parsed == []
+    # Rewritten with the same bytes and given back its old modification time (as `cp -p` or
+    # rsync would): the change time still tells, so it is parsed again; the others are not.
+    before = files[1].stat()
+    files[1].write_bytes(files[1].read_bytes())
+    os.utime(files[1], ns=(before.st_atime_ns, before.st_mtime_ns))
+    aggregate.aggregate(files, bench, cache_path=cache)
+    assert parsed == [files[1]]
 
 
 def test_the_scan_of_many_files_gives_the_rows_that_reading_them_one_by_one_gives(two_hosts):

@@ -26,7 +26,7 @@ rule aggregate:
         disk_mb=1,
     params:
         bench_dir=REPORT_BENCH_DIR,
-        # Rows of files already read, by content digest: not an output, only saves re-parsing.
+        # Rows of files already read, by path, size, inode and times: not an output, only saves re-parsing.
         cache="reports/.cache/bench_cells.parquet",
         code=get_code_digest(
             "scripts/aggregate.py",
