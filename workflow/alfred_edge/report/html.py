@@ -69,55 +69,64 @@ def environment() -> jinja2.Environment:
 
 
 def figure_makers(inputs: ReportInputs, fits: pd.DataFrame, budgets: pd.DataFrame) -> dict:
-    """{name: (title, make)}: make() draws the figure, or returns None without data."""
+    """{name: (title, make)}: make() draws the figure, or returns None without data. Slowest
+    first (at 50 panels: RAM and accuracy, with the most text), for run_jobs."""
     cells = inputs.cells
 
     def of_cells(draw):
         return lambda: None if cells.empty else draw()
 
     return {
+        "ram": ("Peak RAM against batch", of_cells(lambda: plots.ram_figure(cells, fits, budgets))),
+        "accuracy": ("Accuracy, latency and file size", of_cells(lambda: plots.accuracy_figure(cells))),
         "latency": ("Latency against batch", of_cells(lambda: plots.latency_figure(cells))),
+        "energy": ("Energy per sample", of_cells(lambda: plots.energy_figure(cells, tables.power_reasons(cells)))),
         "sample_latency": ("Latency per sample", of_cells(lambda: plots.sample_latency_figure(cells))),
         "throughput": ("Throughput", of_cells(lambda: plots.throughput_figure(cells))),
-        "ram": ("Peak RAM against batch", of_cells(lambda: plots.ram_figure(cells, fits, budgets))),
-        "energy": ("Energy per sample", of_cells(lambda: plots.energy_figure(cells, tables.power_reasons(cells)))),
-        "accuracy": ("Accuracy, latency and file size", of_cells(lambda: plots.accuracy_figure(cells))),
         "roofline": ("Roofline efficiency", of_cells(lambda: plots.roofline_figure(cells))),
         "training": ("Training curves", lambda: plots.training_figure(inputs.training)),
         "storage": ("Storage plan", lambda: plots.storage_figure(inputs.storage_stages, inputs.storage_budget_gb)),
     }
 
 
-_MAKERS: dict = {}  # the figures being drawn; forked workers inherit it (no pickling of the tables)
+_JOBS: dict = {}  # the parts of the page being made; forked workers inherit it (no pickling of the tables)
 
 
-def _draw(name: str, with_svg: bool) -> tuple[bytes, bytes | None] | None:
-    fig = _MAKERS[name][1]()
-    if fig is None:
-        return None
-    try:
-        return plots.render_png(fig), plots.render_svg(fig) if with_svg and name in KEY_FIGURES else None
-    finally:
-        plots.close(fig)
+def _run(name: str):
+    return _JOBS[name]()
 
 
-def draw_figures(inputs: ReportInputs, fits, budgets, plots_dir: Path | None, workers: int = 1) -> dict:
-    """Draw every figure that has data, in `workers` forked processes (matplotlib draws on one
-    core; a sweep of thousands of cells spends most of the report's time here); write PNG
-    (and SVG for the key ones while the sweep is small) into plots_dir."""
-    global _MAKERS
-    _MAKERS = figure_makers(inputs, fits, budgets)
-    titles = {name: title for name, (title, _) in _MAKERS.items()}
-    names, with_svg = list(titles), plots_dir is not None and len(inputs.cells) <= SVG_MAX_CELLS
+def run_jobs(jobs: dict, workers: int = 1) -> dict:
+    """{name: job()} for each job, made in `workers` forked processes (matplotlib and pandas
+    use one core each; a sweep of thousands of cells spends most of the report's time here),
+    started in the order given: slow ones first keep the last to finish a short one."""
+    global _JOBS
+    _JOBS = jobs
     try:
         if workers > 1:
             context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(min(workers, len(names)), mp_context=context) as pool:
-                drawn = dict(zip(names, pool.map(_draw, names, [with_svg] * len(names))))
-        else:
-            drawn = {name: _draw(name, with_svg) for name in names}
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+                return dict(zip(jobs, pool.map(_run, jobs)))
+        return {name: job() for name, job in jobs.items()}
     finally:
-        _MAKERS = {}
+        _JOBS = {}
+
+
+def drawing(make, with_svg: bool):
+    """A job drawing one figure: (PNG, SVG or None), or None where make() has no data."""
+    def draw() -> tuple[bytes, bytes | None] | None:
+        fig = make()
+        if fig is None:
+            return None
+        try:
+            return plots.render_png(fig), plots.render_svg(fig) if with_svg else None
+        finally:
+            plots.close(fig)
+    return draw
+
+
+def save_figures(drawn: dict, titles: dict, plots_dir: Path | None) -> dict:
+    """Figures of the drawn images (None: no data, left out); PNG (and SVG where drawn) into plots_dir."""
     figures = {}
     for name, images in drawn.items():
         if images is None:
@@ -136,20 +145,17 @@ def records(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return list(map(str, frame.columns)), [[tables.fmt(v) for v in row] for row in frame.itertuples(index=False)]
 
 
-def context(inputs: ReportInputs, plots_dir: Path | None, workers: int = 1) -> dict:
+def page_tables(inputs: ReportInputs, budgets: pd.DataFrame) -> dict:
+    """Everything the template shows but the figures."""
     cells = inputs.cells
-    budgets = tables.budgets_per_host(cells, inputs.capacity, inputs.ram_budgets_gb)
-    fits = tables.ram_fits(inputs.capacity)
     hosts, environment_rows = tables.environments(cells)
     checked, leak_rows = tables.leaks(cells)
     final_epochs = (inputs.training.sort_values("epoch").groupby("model").tail(1)
                     if not inputs.training.empty and "epoch" in inputs.training else pd.DataFrame())
     return {
-        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "hosts": hosts,
         "counts": cells["status"].value_counts().sort_index().to_dict(),
         "cell_count": len(cells),
-        "figures": draw_figures(inputs, fits, budgets, plots_dir, workers),
         "headline": tables.headline(cells, budgets),
         "budgets": [{"host": b.host, "budget": b.budget, "mb": tables.fmt(b.budget_mb)} for b in budgets.itertuples()],
         "capacity": tables.capacity_rows(inputs.capacity),  # (budget names, rows)
@@ -168,6 +174,23 @@ def context(inputs: ReportInputs, plots_dir: Path | None, workers: int = 1) -> d
     }
 
 
+TABLES_JOB = "page tables"  # beside the figures' names
+
+
+def context(inputs: ReportInputs, plots_dir: Path | None, workers: int = 1) -> dict:
+    """The template's variables: the tables and the figures made side by side in `workers`
+    processes (the figures' PNG and SVG files written into plots_dir)."""
+    budgets = tables.budgets_per_host(inputs.cells, inputs.capacity, inputs.ram_budgets_gb)
+    makers = figure_makers(inputs, tables.ram_fits(inputs.capacity), budgets)
+    with_svg = plots_dir is not None and len(inputs.cells) <= SVG_MAX_CELLS
+    jobs = {name: drawing(make, with_svg and name in KEY_FIGURES) for name, (_, make) in makers.items()}
+    made = run_jobs({TABLES_JOB: lambda: page_tables(inputs, budgets), **jobs}, workers)
+    figures = save_figures({name: made[name] for name in jobs}, {name: title for name, (title, _) in makers.items()},
+                           plots_dir)
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return {"generated": generated, "figures": figures, **made[TABLES_JOB]}
+
+
 def render(inputs: ReportInputs, plots_dir: Path | None = None, workers: int = 1) -> str:
     """The page's HTML; with plots_dir, the figures are also written there."""
     return environment().get_template(TEMPLATE_NAME).render(**context(inputs, plots_dir, workers))
@@ -175,7 +198,7 @@ def render(inputs: ReportInputs, plots_dir: Path | None = None, workers: int = 1
 
 def write_summary(inputs: ReportInputs, html_path: str | Path, plots_dir: str | Path, workers: int = 1) -> None:
     """Write the page and the plot files, each atomically (the plots as one folder); the
-    figures are drawn in `workers` processes."""
+    tables and figures are made in `workers` processes."""
     with atomic_path(plots_dir, directory=True) as tmp_plots:
         page = render(inputs, tmp_plots, workers)
         write_text(html_path, page)
