@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -203,13 +204,16 @@ def test_plot_files_are_written_beside_the_page(two_host_page):
     assert (plot_dir / "latency.svg").read_text().lstrip().startswith("<?xml")
 
 
-def test_figures_drawn_in_worker_processes_equal_those_drawn_in_one(two_host_page, tmp_path):
+def test_a_page_made_in_worker_processes_equals_one_made_in_one(two_host_page, tmp_path):
     serial = build_report(tmp_path, [fx.LAPTOP, fx.JETSON], workers=1)
     parallel_plots, serial_plots = two_host_page.parent / "plots", serial.parent / "plots"
     names = sorted(p.name for p in parallel_plots.iterdir())
     assert names == sorted(p.name for p in serial_plots.iterdir()) and "latency.png" in names
     for name in (n for n in names if n.endswith(".png")):
         assert (parallel_plots / name).read_bytes() == (serial_plots / name).read_bytes(), name
+    # The tables too (made in a worker beside the figures): the pages differ in their time at most.
+    pages = [re.sub(r"Generated [^·]*·", "", page.read_text()) for page in (two_host_page, serial)]
+    assert pages[0] == pages[1] and "samples/s" in pages[0]  # the headline's throughput
 
 
 def test_sections_say_why_their_data_is_missing(tmp_path):
