@@ -61,7 +61,7 @@ rule summary:
         ),
     log:
         "logs/summary/summary.log",
-    threads: 2  # the figures are drawn in parallel processes
+    threads: 2  # the figures and the tables are made in parallel processes
     resources:
         disk_mb=5,
     params:
