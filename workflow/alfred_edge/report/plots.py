@@ -376,7 +376,7 @@ def accuracy_figure(cells):
     """Accuracy against batch-1 latency per sample, marker area ∝ file size, per host/device.
     Points are told apart by colour (variant) and marker (model), as the lines of the other
     figures are: a variant's name beside each point overlapped its neighbours' and cost about a
-    third of the figure's drawing at 50 panels."""
+    quarter of the figure's drawing at 50 panels."""
     rows = ok_cells(cells, "accuracy_valid_seen")
     rows = rows[(rows["batch_size"] == 1) & rows["sample_latency_p50_ms"].notna()]
     if rows.empty:
