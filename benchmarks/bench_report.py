@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=25)
     parser.add_argument("--batches", type=int, default=25)
     parser.add_argument("--keep", type=Path, help="write here and keep (default: a temporary folder)")
-    parser.add_argument("--workers", type=int, default=2, help="processes drawing figures (the summary rule's threads)")
+    parser.add_argument("--workers", type=int, default=2, help="processes making the figures and tables (the summary rule's threads)")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-report-"))
     bench, reports = root / "reports" / "bench", root / "reports"
