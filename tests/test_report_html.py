@@ -14,7 +14,7 @@ import pytest
 
 import report_fixtures as fx
 from alfred_edge.atomic import write_parquet
-from alfred_edge.report import aggregate, discover, html, inputs, plots
+from alfred_edge.report import aggregate, discover, html, inputs, plots, tables
 
 SIDE_BY_SIDE_JS = """(() => {
   const cards = Array.from(document.querySelectorAll('#headline ~ .hosts .host-card'));
@@ -227,6 +227,33 @@ def test_sections_say_why_their_data_is_missing(tmp_path):
     assert "jetson-4gb, jetson-8gb, host" in text  # budgets from the config when a host has no capacity rows
     assert "No training metrics" in text and "No storage plan" in text
     assert "No leak flagged in 1 checked cells" in text
+
+
+def test_environment_rows_join_each_hosts_distinct_values_and_span_its_times():
+    cells = pd.DataFrame({column: pd.array([None] * 4, dtype="string") for column in tables.ENVIRONMENT_COLUMNS})
+    cells["host"] = pd.array(["a", "a", "a", "b"], dtype="string")
+    cells["torch_version"] = pd.array(["2.13.0", "2.12.0", "2.13.0", None], dtype="string")
+    cells["ts_utc"] = pd.array(["2026-01-02T00:00Z", "2026-01-01T00:00Z", "2026-01-03T00:00Z", None], dtype="string")
+    hosts, rows = tables.environments(cells)
+    values = {row["field"]: row["values"] for row in rows}
+    assert hosts == ["a", "b"]
+    assert values["torch_version"] == ["2.12.0, 2.13.0", "–"]
+    assert values["ts_utc"] == ["2026-01-01T00:00Z … 2026-01-03T00:00Z", "–"]
+    assert values["cpu_model"] == ["–", "–"]
+
+
+def test_the_headline_names_the_budgets_of_its_host_a_cell_fits():
+    cells = pd.DataFrame({
+        "host": ["a", "b"], "device": ["cpu", "cpu"], "device_name": ["x", "y"], "status": ["ok", "ok"],
+        "model": ["lstm", "lstm"], "variant": ["fp32", "fp32"], "batch_size": [1, 1],
+        "sample_latency_p50_ms": [5.0, 6.0], "throughput_samples_per_s": [200.0, None],
+        "accuracy_valid_seen": [None, None], "peak_rss_mb": [5000.0, None],
+    })
+    budgets = pd.DataFrame({"host": ["a", "a", "a", "b"], "budget": ["4gb", "8gb", "16gb", "b-32gb"],
+                            "budget_mb": [4000.0, 8000.0, 16000.0, 32000.0]})
+    first, second = tables.headline(cells, budgets)
+    assert first["fastest"]["budgets"] == first["throughput"]["budgets"] == "8gb, 16gb"
+    assert second["fastest"]["budgets"] == "RAM not measured" and "throughput" not in second
 
 
 def test_a_page_with_no_successful_cell(tmp_path):

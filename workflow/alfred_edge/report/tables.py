@@ -54,9 +54,11 @@ def budgets_per_host(cells: pd.DataFrame, capacity: pd.DataFrame, budgets_gb: di
     return pd.DataFrame(rows, columns=["host", "budget", "budget_mb"]).sort_values(["host", "budget_mb"])
 
 
-def fits_budgets(row, budgets: pd.DataFrame) -> str:
-    names = budgets[(budgets["host"] == row["host"]) & (budgets["budget_mb"] >= row["peak_rss_mb"])]["budget"]
-    return ", ".join(names) if pd.notna(row["peak_rss_mb"]) else "RAM not measured"
+def fits_budgets(row, host_budgets: list[tuple[str, float]]) -> str:
+    """The budgets (name, MB) of the row's host that its peak RSS fits in."""
+    if pd.isna(row["peak_rss_mb"]):
+        return "RAM not measured"
+    return ", ".join(name for name, budget_mb in host_budgets if budget_mb >= row["peak_rss_mb"])
 
 
 def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
@@ -75,7 +77,9 @@ def headline(cells: pd.DataFrame, budgets: pd.DataFrame) -> list[dict]:
     result = []
     columns = ["host", "device", "device_name", "model", "variant", "batch_size", "sample_latency_p50_ms",
                "throughput_samples_per_s", "accuracy_valid_seen", "peak_rss_mb"]  # a row of 180 columns costs
+    budgets_of = {host: list(zip(rows["budget"], rows["budget_mb"])) for host, rows in budgets.groupby("host")}
     for (host, device), panel in ok(cells)[columns].groupby(["host", "device"], sort=True):
+        host_budgets = budgets_of.get(host, [])
         entry = {"host": host, "device": device, "device_name": fmt(panel["device_name"].dropna().iloc[0])
                  if panel["device_name"].notna().any() else "–"}
         batch1 = panel[(panel["batch_size"] == 1) & panel["sample_latency_p50_ms"].notna()]
@@ -83,18 +87,18 @@ def headline(cells: pd.DataFrame, budgets: pd.DataFrame) -> list[dict]:
             row = batch1.loc[batch1["sample_latency_p50_ms"].idxmin()]
             entry["fastest"] = {"cell": f"{row['model']} {row['variant']}",
                                 "value": f"{fmt(row['sample_latency_p50_ms'])} ms per sample",
-                                "budgets": fits_budgets(row, budgets)}
+                                "budgets": fits_budgets(row, host_budgets)}
         with_throughput = panel[panel["throughput_samples_per_s"].notna()]
         if not with_throughput.empty:
             row = with_throughput.loc[with_throughput["throughput_samples_per_s"].idxmax()]
             entry["throughput"] = {"cell": cell_name(row),
                                    "value": f"{fmt(row['throughput_samples_per_s'])} samples/s",
-                                   "budgets": fits_budgets(row, budgets)}
+                                   "budgets": fits_budgets(row, host_budgets)}
         scored = batch1[batch1["accuracy_valid_seen"].notna()]
         entry["front"] = [
             {"cell": f"{row['model']} {row['variant']}",
              "value": f"{fmt(row['accuracy_valid_seen'] * 100)} % at {fmt(row['sample_latency_p50_ms'])} ms",
-             "budgets": fits_budgets(row, budgets)}
+             "budgets": fits_budgets(row, host_budgets)}
             for row in pareto_front(scored).to_dict("records")
         ]
         result.append(entry)
@@ -198,15 +202,15 @@ def failures(cells: pd.DataFrame) -> list[dict]:
 def environments(cells: pd.DataFrame) -> tuple[list[str], list[dict]]:
     """Hosts as columns, one row per environment field: several values are joined."""
     hosts = sorted(cells["host"].dropna().unique())
-    by_host = {host: group for host, group in cells[["host", *ENVIRONMENT_COLUMNS, "ts_utc"]].groupby("host")}
+    # A host's cells mostly share one environment: its distinct ones are a few rows, not thousands.
+    by_host = {host: [] for host in hosts}
+    for record in cells[["host", *ENVIRONMENT_COLUMNS]].dropna(subset=["host"]).drop_duplicates().to_dict("records"):
+        by_host[record["host"]].append(record)
     rows = []
-    for column in ENVIRONMENT_COLUMNS + ["ts_utc"]:
-        values = {}
-        for host in hosts:
-            seen = by_host[host][column].dropna().unique()
-            if column == "ts_utc" and len(seen):
-                values[host] = f"{min(seen)} … {max(seen)}"
-            else:
-                values[host] = ", ".join(fmt(value) for value in sorted(seen, key=str)) or "–"
-        rows.append({"field": column, "values": [values[host] for host in hosts]})
+    for column in ENVIRONMENT_COLUMNS:
+        seen = [sorted({r[column] for r in by_host[host] if pd.notna(r[column])}, key=str) for host in hosts]
+        rows.append({"field": column, "values": [", ".join(map(fmt, values)) or "–" for values in seen]})
+    times = cells.groupby("host")["ts_utc"].agg(["min", "max"])
+    rows.append({"field": "ts_utc", "values": [f"{times.at[host, 'min']} … {times.at[host, 'max']}"
+                                               if pd.notna(times.at[host, "min"]) else "–" for host in hosts]})
     return hosts, rows
