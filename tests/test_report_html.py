@@ -4,6 +4,7 @@ two hosts side by side, and every section still sensible when its data is missin
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import re
 import subprocess
@@ -214,6 +215,11 @@ def test_a_page_made_in_worker_processes_equals_one_made_in_one(two_host_page, t
     # The tables too (made in a worker beside the figures): the pages differ in their time at most.
     pages = [re.sub(r"Generated [^·]*·", "", page.read_text()) for page in (two_host_page, serial)]
     assert pages[0] == pages[1] and "samples/s" in pages[0]  # the headline's throughput
+
+
+def test_the_figure_workers_collect_no_garbage_and_the_page_process_still_does():
+    assert html.run_jobs({"a": gc.isenabled, "b": gc.isenabled}, workers=2) == {"a": False, "b": False}
+    assert gc.isenabled()
 
 
 def test_sections_say_why_their_data_is_missing(tmp_path):
