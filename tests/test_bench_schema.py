@@ -1,5 +1,6 @@
 """The results schema: every column has a type and a unit, rows map onto it, typos are caught."""
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -36,3 +37,14 @@ def test_rows_fill_missing_columns_with_null_and_reject_unknown_ones():
         schema.to_arrow("cells", [{"status": "ok", "latency_p50": 1.0}])
     with pytest.raises(ValueError, match="status"):
         schema.to_arrow("cells", [{"status": "fine"}])
+
+
+def test_a_file_written_with_the_parquet_options_reads_back_in_the_schemas_types(tmp_path):
+    """The files store no Arrow schema: Parquet's own types must give back every column's type."""
+    row = {"status": "ok", "host": "h", "batch_size": 2, "latency_p50_ms": 1.5, "leak_flag": True,
+           "latencies_ms": [1.0, 2.0]}
+    table = schema.to_arrow("cells", [row])
+    pq.write_table(table, tmp_path / "b2.parquet", **schema.PARQUET_OPTIONS)
+    back = pq.read_table(tmp_path / "b2.parquet")
+    assert back.schema.equals(schema.arrow_schema("cells"), check_metadata=False)
+    assert back.to_pylist() == table.to_pylist()
