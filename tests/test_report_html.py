@@ -7,9 +7,11 @@ import dataclasses
 import gc
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
@@ -220,6 +222,38 @@ def test_a_page_made_in_worker_processes_equals_one_made_in_one(two_host_page, t
 def test_the_figure_workers_collect_no_garbage_and_the_page_process_still_does():
     assert html.run_jobs({"a": gc.isenabled, "b": gc.isenabled}, workers=2) == {"a": False, "b": False}
     assert gc.isenabled()
+
+
+def test_each_job_runs_in_a_process_of_its_own_and_comes_back_in_order():
+    pids = html.run_jobs({name: os.getpid for name in "cba"}, workers=2)
+    assert list(pids) == ["c", "b", "a"]
+    assert len(set(pids.values())) == 3 and os.getpid() not in pids.values()
+
+
+@pytest.mark.parametrize("job, message", [
+    (lambda: 1 / 0, "failed:.*ZeroDivisionError"),
+    (lambda: os._exit(3), "without a result \\(exit code 3\\)"),
+    (lambda: os.kill(os.getpid(), signal.SIGKILL), "without a result \\(exit code -9\\)"),
+])
+def test_a_job_that_fails_or_dies_is_an_error_naming_it(job, message):
+    with pytest.raises(RuntimeError, match=message) as error:
+        html.run_jobs({"fine": lambda: 1, "broken part": job}, workers=2)
+    assert "broken part" in str(error.value)
+
+
+def test_a_spare_grid_serves_the_first_figure_of_its_size_and_is_closed_if_unused():
+    before = set(plt.get_fignums())
+    with plots.spare_grid(3):
+        (spare,) = set(plt.get_fignums()) - before
+        fig, axes = plots.panel_grid(3)
+        assert fig.number == spare and len(axes) == 3
+        again, _ = plots.panel_grid(3)
+        assert again is not fig  # taken once: the next grid is new
+        plots.close(fig)
+        plots.close(again)
+    with plots.spare_grid(2):
+        assert len(plt.get_fignums()) == len(before) + 1
+    assert set(plt.get_fignums()) == before
 
 
 def test_sections_say_why_their_data_is_missing(tmp_path):

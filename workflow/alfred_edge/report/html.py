@@ -9,7 +9,8 @@ import datetime as dt
 import gc
 import logging
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import multiprocessing.connection
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,30 +91,60 @@ def figure_makers(inputs: ReportInputs, fits: pd.DataFrame, budgets: pd.DataFram
     }
 
 
-_JOBS: dict = {}  # the parts of the page being made; forked workers inherit it (no pickling of the tables)
-
-
-def _run(name: str):
-    return _JOBS[name]()
-
-
 def run_jobs(jobs: dict, workers: int = 1) -> dict:
-    """{name: job()} for each job, made in `workers` forked processes (matplotlib and pandas
-    use one core each; a sweep of thousands of cells spends most of the report's time here),
-    started in the order given: slow ones first keep the last to finish a short one."""
-    global _JOBS
-    _JOBS = jobs
+    """{name: job()} for each job. With workers > 1, each job runs in a process forked for
+    it alone, at most `workers` at a time (matplotlib and pandas use one core each; a sweep
+    of thousands of cells spends most of the report's time here), started in the order
+    given: slow ones first keep the last to finish a short one. A fresh fork per job starts
+    from this process's state, so each inherits an unused spare panel grid
+    (plots.spare_grid), and the tables reach it without pickling."""
+    if workers <= 1:
+        return {name: job() for name, job in jobs.items()}
+    context = multiprocessing.get_context("fork")
+    pending, running, made = list(jobs), {}, {}
     try:
-        if workers <= 1:
-            return {name: job() for name, job in jobs.items()}
-        context = multiprocessing.get_context("fork")
-        # The workers collect no garbage: a 50-panel matplotlib figure is ~65,000 objects in
-        # cycles, and collecting them as they were made cost 9 % of the page's CPU. What they
-        # leave (~25 MB a 50-panel figure, ~110 MB a worker) goes when the pool ends.
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=gc.disable) as pool:
-            return dict(zip(jobs, pool.map(_run, jobs)))
+        while pending or running:
+            while pending and len(running) < workers:
+                name = pending.pop(0)
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_run_and_send, args=(jobs[name], sender), daemon=True)
+                process.start()
+                sender.close()
+                running[receiver] = (name, process)
+            for receiver in multiprocessing.connection.wait(list(running)):
+                name, process = running.pop(receiver)
+                made[name] = _received(name, receiver, process)
     finally:
-        _JOBS = {}
+        for _, process in running.values():  # a job failed: the others are not waited for
+            process.kill()
+    return {name: made[name] for name in jobs}
+
+
+def _run_and_send(job, sender) -> None:
+    """In the forked process: job()'s value, or its error's traceback, sent to the page
+    process. No garbage is collected: a 50-panel matplotlib figure is ~65,000 objects in
+    cycles, and collecting them as they were made cost 9 % of the page's CPU; what is left
+    goes when the process ends."""
+    gc.disable()
+    try:
+        outcome = (True, job())
+    except BaseException:
+        outcome = (False, traceback.format_exc())
+    sender.send(outcome)
+
+
+def _received(name: str, receiver, process):
+    """A job's value from its process; its error, or its death, raised here with its name."""
+    try:
+        succeeded, value = receiver.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"the process making the report's {name} ended without a result "
+                           f"(exit code {process.exitcode})") from None
+    process.join()
+    if not succeeded:
+        raise RuntimeError(f"making the report's {name} failed:\n{value}")
+    return value
 
 
 def drawing(make, with_svg: bool):
@@ -188,7 +219,8 @@ def context(inputs: ReportInputs, plots_dir: Path | None, workers: int = 1) -> d
     makers = figure_makers(inputs, tables.ram_fits(inputs.capacity), budgets)
     with_svg = plots_dir is not None and len(inputs.cells) <= SVG_MAX_CELLS
     jobs = {name: drawing(make, with_svg and name in KEY_FIGURES) for name, (_, make) in makers.items()}
-    made = run_jobs({TABLES_JOB: lambda: page_tables(inputs, budgets), **jobs}, workers)
+    with plots.spare_grid(plots.panel_count(inputs.cells)):
+        made = run_jobs({TABLES_JOB: lambda: page_tables(inputs, budgets), **jobs}, workers)
     figures = save_figures({name: made[name] for name in jobs}, {name: title for name, (title, _) in makers.items()},
                            plots_dir)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
