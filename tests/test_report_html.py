@@ -165,6 +165,9 @@ def test_shared_axes_are_labelled_on_the_outer_panels_and_every_panel_has_grid_l
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
     assert [i for i, ax in enumerate(panels) if len(ax.get_yticks())] == [0, 4]
     assert [i for i, ax in enumerate(panels) if len(ax.get_xticks())] == [2, 3, 4, 5]
+    # An axis without ticks is not drawn at all (it would still lay out its empty label).
+    assert [i for i, ax in enumerate(panels) if ax.yaxis.get_visible()] == [0, 4]
+    assert [i for i, ax in enumerate(panels) if ax.xaxis.get_visible()] == [2, 3, 4, 5]
     assert [label.get_text() for label in panels[4].get_xticklabels()] == ["1", "2", "4"]
     assert [ax.get_xlabel() for ax in panels] == ["", "", "batch", "batch", "batch", "batch"]
     assert len({ax.get_ylim() for ax in panels}) == 1
