@@ -244,9 +244,17 @@ def test_a_job_that_fails_or_dies_is_an_error_naming_it(job, message):
     assert "broken part" in str(error.value)
 
 
-def test_a_spare_grid_serves_the_first_figure_of_its_size_and_is_closed_if_unused():
+def test_prepare_runs_once_the_first_job_has_forked_and_the_rest_inherit_what_it_made():
+    state = {"prepared": False}
+    jobs = {name: lambda: state["prepared"] for name in "abc"}
+    made = html.run_jobs(jobs, workers=2, prepare=lambda: state.update(prepared=True))
+    assert made == {"a": False, "b": True, "c": True} and state["prepared"]
+
+
+def test_a_spare_grid_serves_the_first_figure_of_its_size_and_is_closed_if_untaken():
     before = set(plt.get_fignums())
-    with plots.spare_grid(3):
+    with plots.spare_grids():
+        plots.make_spare_grid(3)
         (spare,) = set(plt.get_fignums()) - before
         fig, axes = plots.panel_grid(3)
         assert fig.number == spare and len(axes) == 3
@@ -254,7 +262,7 @@ def test_a_spare_grid_serves_the_first_figure_of_its_size_and_is_closed_if_unuse
         assert again is not fig  # taken once: the next grid is new
         plots.close(fig)
         plots.close(again)
-    with plots.spare_grid(2):
+        plots.make_spare_grid(2)
         assert len(plt.get_fignums()) == len(before) + 1
     assert set(plt.get_fignums()) == before
 

@@ -91,20 +91,24 @@ def figure_makers(inputs: ReportInputs, fits: pd.DataFrame, budgets: pd.DataFram
     }
 
 
-def run_jobs(jobs: dict, workers: int = 1) -> dict:
+def run_jobs(jobs: dict, workers: int = 1, prepare=lambda: None) -> dict:
     """{name: job()} for each job. With workers > 1, each job runs in a process forked for
     it alone, at most `workers` at a time (matplotlib and pandas use one core each; a sweep
     of thousands of cells spends most of the report's time here), started in the order
     given: slow ones first keep the last to finish a short one. A fresh fork per job starts
-    from this process's state, so each inherits an unused spare panel grid
-    (plots.spare_grid), and the tables reach it without pickling."""
+    from this process's state: the tables reach it without pickling, and what prepare()
+    made (a spare panel grid) it inherits unused. prepare() runs here once the first job
+    has started, so that the two overlap; with one worker, before the jobs."""
     if workers <= 1:
+        prepare()
         return {name: job() for name, job in jobs.items()}
     context = multiprocessing.get_context("fork")
     pending, running, made = list(jobs), {}, {}
     try:
         while pending or running:
             while pending and len(running) < workers:
+                if len(pending) == len(jobs) - 1:  # the first job has started
+                    prepare()
                 name = pending.pop(0)
                 receiver, sender = context.Pipe(duplex=False)
                 process = context.Process(target=_run_and_send, args=(jobs[name], sender), daemon=True)
@@ -219,8 +223,9 @@ def context(inputs: ReportInputs, plots_dir: Path | None, workers: int = 1) -> d
     makers = figure_makers(inputs, tables.ram_fits(inputs.capacity), budgets)
     with_svg = plots_dir is not None and len(inputs.cells) <= SVG_MAX_CELLS
     jobs = {name: drawing(make, with_svg and name in KEY_FIGURES) for name, (_, make) in makers.items()}
-    with plots.spare_grid(plots.panel_count(inputs.cells)):
-        made = run_jobs({TABLES_JOB: lambda: page_tables(inputs, budgets), **jobs}, workers)
+    with plots.spare_grids():
+        made = run_jobs({TABLES_JOB: lambda: page_tables(inputs, budgets), **jobs}, workers,
+                        prepare=lambda: plots.make_spare_grid(plots.panel_count(inputs.cells)))
     figures = save_figures({name: made[name] for name in jobs}, {name: title for name, (title, _) in makers.items()},
                            plots_dir)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -83,22 +83,26 @@ def panel_title(host: str, device: str, width: int = 44) -> str:
     return title.replace("$", r"\$")
 
 
-_SPARE_GRIDS: dict = {}  # panel count -> a grid made ahead (spare_grid), taken by panel_grid
+_SPARE_GRIDS: dict = {}  # panel count -> a grid made ahead (make_spare_grid), taken by panel_grid
 
 
-@contextmanager
-def spare_grid(count: int):
-    """A grid of `count` panels made ahead for the next panel_grid(count) to take. Made
+def make_spare_grid(count: int) -> None:
+    """A grid of `count` panels made ahead, for the next panel_grid(count) to take. Made
     before the figures' processes fork, each inherits its own unused copy: a 50-panel grid
     takes ~0.4 s to make (~8 ms an Axes), then paid once instead of in every figure."""
     if count:
         _SPARE_GRIDS[count] = new_panel_grid(count)
+
+
+@contextmanager
+def spare_grids():
+    """Within: spare grids may be made; those left untaken are closed at the end."""
     try:
         yield
     finally:
-        spare = _SPARE_GRIDS.pop(count, None)
-        if spare is not None:
-            close(spare[0])
+        for fig, _ in _SPARE_GRIDS.values():
+            close(fig)
+        _SPARE_GRIDS.clear()
 
 
 def panel_count(cells: pd.DataFrame) -> int:
