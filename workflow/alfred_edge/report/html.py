@@ -121,6 +121,7 @@ def run_jobs(jobs: dict, workers: int = 1, prepare=lambda: None) -> dict:
     finally:
         for _, process in running.values():  # a job failed: the others are not waited for
             process.kill()
+            process.join()
     return {name: made[name] for name in jobs}
 
 
