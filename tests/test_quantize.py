@@ -258,3 +258,21 @@ def test_int8_of_torch_transformer_layers_runs_in_eval():
             assert (quantized(x) - layer(x)).abs().max() < 0.25
     finally:
         torch.backends.mha.set_fastpath_enabled(True)  # the default, for the tests that follow
+
+
+def test_variant_files_load_on_a_torch_without_safe_globals(tmp_path, monkeypatch):
+    """torch 2.4 (JetPack 6.0's wheel) has add_safe_globals but no safe_globals context: the
+    packed int8 LSTM still loads, and the process-wide allow list is as it was afterwards."""
+    from alfred_edge import torch_compat
+
+    model, path = write_variant(tiny_model("lstm"), "int8_dynamic", tmp_path)
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    before = torch.serialization.get_safe_globals()
+    loaded = Q.load_variant(path, "cpu")
+    batch = random_batch(tiny_vocab())
+    assert all(torch.equal(a, b) for a, b in zip(outputs(model, batch), outputs(loaded, batch)))
+    assert torch.serialization.get_safe_globals() == before
+    with pytest.raises(RuntimeError, match="inside"), torch_compat.safe_globals([Payload]):
+        assert Payload in torch.serialization.get_safe_globals()
+        raise RuntimeError("inside")
+    assert torch.serialization.get_safe_globals() == before

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from alfred_edge.models import FILE_FORMAT as MODEL_FILE_FORMAT  # fp32.pt, written by training
+from alfred_edge.torch_compat import safe_globals
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,7 @@ def read_variant_file(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"variant file {path} does not exist")
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS), quiet_quantization_warnings():
+        with safe_globals(SAFE_GLOBALS), quiet_quantization_warnings():
             payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # truncated, foreign, or packed by an incompatible torch
         raise ValueError(f"{path} is not a readable alfred-edge variant file "

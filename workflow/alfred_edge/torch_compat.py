@@ -1,0 +1,27 @@
+"""What the supported torch releases (pyproject's range, NVIDIA's Jetson wheels included)
+spell differently, in one place."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def safe_globals(allowed: list):
+    """torch.load(weights_only=True) admits `allowed` inside the block.
+    torch.serialization.safe_globals arrived in 2.5 (pytorch#127939); torch 2.4 (JetPack 6.0's
+    wheel) has only the process-wide add_safe_globals (pytorch#124331), so there the list is
+    added for the block and the previous allow list put back after it."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals(allowed):
+            yield
+        return
+    before = serialization.get_safe_globals()
+    serialization.add_safe_globals(allowed)
+    try:
+        yield
+    finally:
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(before)
