@@ -95,6 +95,16 @@ def test_memory_error_and_cuda_messages_are_oom():
     assert child.failure_columns(ValueError("bad file"), torch)["status"] == "error"
 
 
+def test_cuda_oom_is_classified_on_a_torch_without_the_top_level_class(monkeypatch):
+    """torch < 2.5 has torch.cuda.OutOfMemoryError only: the fake model's fault and the
+    classification both use that name, and the class (not the message) makes it an oom."""
+    monkeypatch.delattr(torch, "OutOfMemoryError", raising=False)
+    with pytest.raises(torch.cuda.OutOfMemoryError) as info:
+        child.measure_cell(fake_spec(fault="cuda_oom"), torch)
+    assert child.failure_columns(info.value, torch)["status"] == "oom"
+    assert child.failure_columns(torch.cuda.OutOfMemoryError("Tried to allocate 2.00 GiB"), torch)["status"] == "oom"
+
+
 def test_smaller_batch_oom_skips_larger_ones(tmp_path):
     runner.skipped_row("cells", fake_spec(device="cuda", batch_size=2), "irrelevant", tmp_path / "b2.parquet")
     assert runner.smaller_batch_oom_reason([str(tmp_path / "b2.parquet")]) is None

@@ -45,7 +45,8 @@ def failure_columns(exc: BaseException, torch) -> dict:
     unavailable = _variant_unavailable_class()
     if isinstance(exc, DeviceAbsent) or (unavailable and isinstance(exc, unavailable)):
         return {"status": "skipped", "error": str(exc)}
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (
+    # torch.cuda's name: the top-level torch.OutOfMemoryError is missing before torch 2.5
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or (
             isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
         return {"status": "oom", "error": f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]}
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

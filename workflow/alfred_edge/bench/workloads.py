@@ -90,7 +90,7 @@ class IdentityWorkload:
 class FakeEpisodeModel(nn.Module):
     """A tiny model with the real interface (encode/step): tests the harness without a
     trained model. `fault` makes it fail the ways real runs fail:
-      cuda_oom / memory_error   raise torch.OutOfMemoryError / MemoryError in step
+      cuda_oom / memory_error   raise torch.cuda.OutOfMemoryError / MemoryError in step
       wrong_batch               return one row fewer than it was given (a fixed batch)
       grow_mb:N                 keep N MB more per step (a leak; trips a RAM limit)
       hang                      sleep for an hour in step (a timeout)
@@ -126,7 +126,7 @@ class FakeEpisodeModel(nn.Module):
 
     def _inject_fault(self):
         if self.fault == "cuda_oom":
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         if self.fault == "memory_error":
             raise MemoryError("simulated allocation failure")
         if self.fault == "hang":
