@@ -81,14 +81,17 @@ class Sampler:
             readings.append((time.monotonic(), self.read()))
         return result, self.window(readings)
 
-    def window(self, readings: list[tuple[float, float]]) -> Window:
+    def window(self, readings: list[tuple[float, float]], distinct: int | None = None) -> Window:
+        """The window of (time, value) readings; `distinct`: how many of them were fresh
+        (default: all)."""
         times = [t for t, _ in readings]
         values = [v for _, v in readings]
         if self.kind == "power":
             energy = integrate_power(times, values)
         else:
             energy = sum(counter_delta(a, b, self.wrap_at) for a, b in zip(values, values[1:]))
-        return Window(energy_j=energy, duration_s=times[-1] - times[0], samples=len(readings))
+        return Window(energy_j=energy, duration_s=times[-1] - times[0],
+                      samples=len(readings) if distinct is None else distinct)
 
 
 class NoSampler(Sampler):
@@ -116,6 +119,12 @@ def jtop_power(power: dict) -> tuple[float, str]:
 
 
 class JtopSampler(Sampler):
+    """jtop's readings as its service publishes them. The service samples at the interval
+    of its first client (another jtop, its GUI, may hold it), so the interval asked for may
+    not be the one served: interval_s is the service's (jetson.interval), and each update
+    is recorded as it arrives (jtop calls attached observers on every one), so a reading is
+    counted once however long it is held."""
+
     method = "jtop"
 
     def __init__(self, interval_s: float):
@@ -124,10 +133,28 @@ class JtopSampler(Sampler):
 
         self._jetson = jtop(interval=interval_s)
         self._jetson.start()
+        self.interval_s = float(self._jetson.interval)
         _, self.scope = jtop_power(self._jetson.power)
 
     def read(self) -> float:
         return jtop_power(self._jetson.power)[0]
+
+    def measure(self, body) -> tuple[object, Window]:
+        """The reading held at the start, every update during body(), and the reading held
+        at its end (the last update again, or the start's: not a fresh one)."""
+        updates: list[tuple[float, float]] = []
+
+        def on_update(jetson):
+            updates.append((time.monotonic(), jtop_power(jetson.power)[0]))
+
+        readings = [(time.monotonic(), self.read())]
+        self._jetson.attach(on_update)
+        try:
+            result = body()
+        finally:
+            self._jetson.detach(on_update)
+        readings += [*updates, (time.monotonic(), self.read())]
+        return result, self.window(readings, distinct=1 + len(updates))
 
     def close(self) -> None:
         self._jetson.close()
@@ -137,21 +164,39 @@ class JtopSampler(Sampler):
 
 
 class NvmlSampler(Sampler):
+    """The energy counter of the GPU torch runs the cell on (its current CUDA device)."""
+
     method = "nvml"
     scope = "gpu_board"
     kind = "energy"
 
-    def __init__(self, interval_s: float, index: int = 0):
+    def __init__(self, interval_s: float):
         super().__init__(interval_s)
         import pynvml  # nvidia-ml-py
+        import torch  # this sampler runs in the measuring child, which has imported it
 
         pynvml.nvmlInit()
         self._nvml = pynvml
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self._handle = nvml_handle(pynvml, torch.cuda.get_device_properties(torch.cuda.current_device()))
         self.read()  # raises NVMLError_NotSupported before Volta
 
     def read(self) -> float:
         return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) / 1000.0  # mJ → J
+
+
+def nvml_handle(nvml, properties):
+    """NVML's handle of the GPU whose torch.cuda properties are given: by its UUID, else by
+    its PCI bus id. NVML numbers every GPU of the host its own way, ignoring
+    CUDA_VISIBLE_DEVICES and CUDA's order, so an index can name another GPU. (Bytes: older
+    nvidia-ml-py releases take no str there.)"""
+    uuid = getattr(properties, "uuid", None)
+    if uuid is not None:
+        return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}".encode())
+    if getattr(properties, "pci_bus_id", None) is not None:
+        return nvml.nvmlDeviceGetHandleByPciBusId(
+            f"{properties.pci_domain_id:08x}:{properties.pci_bus_id:02x}:{properties.pci_device_id:02x}.0".encode())
+    raise LookupError(f"torch gives neither the UUID nor the PCI bus id of {properties.name}, "
+                      "so its NVML device cannot be told from the others")
 
 
 # --- RAPL (Intel/AMD CPU package) --------------------------------------------------------
