@@ -172,12 +172,21 @@ def test_cuda_without_cuda_says_so(monkeypatch):
         Q.check_available("fp16", "cuda")
 
 
-def test_bf16_on_a_gpu_without_bf16(monkeypatch):
+def test_bf16_is_refused_below_compute_capability_8_where_it_is_only_emulated(monkeypatch):
+    """A Xavier (7.2): is_bf16_supported() says yes (emulation), the variant is refused; an
+    Orin (8.7) goes on to the probe that runs the real ops."""
+    probed = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Old GPU")
-    with pytest.raises(Q.VariantUnavailable, match="Old GPU has no bfloat16 support"):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Xavier")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 2))
+    monkeypatch.setattr(Q, "probe_low_precision", lambda variant, device: probed.append((variant, device.type)))
+    with pytest.raises(Q.VariantUnavailable, match=r"Xavier \(compute capability 7\.2\) has no bfloat16 arithmetic"):
         Q.check_available("bf16", "cuda")
+    assert probed == []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 7))
+    Q.check_available("bf16", "cuda")
+    assert probed == [("bf16", "cuda")]
 
 
 def test_missing_half_kernels_are_reported(monkeypatch):

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 FILE_FORMAT = "alfred-edge-variant/1"
 VARIANTS = ("fp32", "int8_dynamic", "fp16", "bf16")
 LOW_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}
+BF16_CAPABILITY = (8, 0)  # the first CUDA compute capability with bfloat16 arithmetic (Ampere)
 # Module types int8_dynamic quantizes (exact types: MultiheadAttention's out_proj, a Linear
 # subclass, is read as a tensor by its owner and must stay float).
 DYNAMIC_INT8_TYPES = (nn.Linear, nn.LSTM, nn.LSTMCell)
@@ -131,8 +132,11 @@ def check_available(variant: str, device: str | torch.device) -> None:
                                      f"not on {device.type} (use fp16 there)")
         quantize_dynamic_function()
         choose_engine()
-    elif variant == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise VariantUnavailable(variant, f"{torch.cuda.get_device_name(device)} has no bfloat16 support")
+    elif variant == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device) < BF16_CAPABILITY:
+        # is_bf16_supported() says yes there too: the ops run, emulated, and would measure the emulation
+        major, minor = torch.cuda.get_device_capability(device)
+        raise VariantUnavailable(variant, f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
+                                 "has no bfloat16 arithmetic; it needs 8.0 (Ampere, Orin) or later")
     elif variant in LOW_PRECISION:
         probe_low_precision(variant, device)
 
@@ -360,7 +364,7 @@ def model_header(record: dict) -> dict:
 
 # --- the quantize job --------------------------------------------------------------------
 
-EVAL_METRICS = ("action_acc", "action_f1", "action_em", "mask_iou", "loss", "n_annotations")
+EVAL_METRICS = ("action_acc", "action_f1", "action_em", "mask_iou", "loss", "free_loss", "n_annotations")
 
 
 def eval_device(variant: str) -> str:
@@ -444,7 +448,8 @@ def eval_table(row: dict, splits) -> "pd.DataFrame":
     file_size_mb (1e6 bytes), fp32_file_size_bytes, size_ratio (file / fp32 file), engine
     (int8), eval_device, torch_version, and per split: accuracy_<split> (teacher-forced
     action accuracy, 0..1), action_f1_<split>, action_em_<split>, mask_iou_<split>,
-    loss_<split>, n_annotations_<split>; NaN where the variant was not evaluated."""
+    loss_<split> (teacher-forced), free_loss_<split> (own argmax fed back: ALFRED's validation
+    loss), n_annotations_<split>; NaN where the variant was not evaluated."""
     import pandas as pd
 
     row = {"engine": "", "eval_device": "", "file_size_bytes": float("nan"), **row}
