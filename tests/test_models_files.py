@@ -81,3 +81,42 @@ def test_foreign_files_name_the_file(tmp_path):
         load_model(tmp_path / "notes.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_an_lstm_loaded_on_cuda_packs_each_encoder_direction_into_its_own_buffer(tmp_path, monkeypatch):
+    """cuDNN uses an LSTM's weights in place only when they lie in one buffer from its start
+    (else it copies them on every call); the encoder runs its directions one at a time, so
+    each needs a buffer of its own, packed once at load. nn.LSTM.flatten_parameters packs
+    only CUDA weights: here it is replaced by what it does there, on these CPU weights."""
+    from alfred_edge.models.lstm import LSTM_WEIGHTS
+
+    packed = []
+
+    def pack_as_on_cuda(lstm):
+        weights = lstm._flat_weights
+        if any(w.is_meta for w in weights):  # a skeleton's weights, as any not on a CUDA device
+            return
+        buffer = torch.cat([w.detach().reshape(-1) for w in weights])
+        offset = 0
+        with torch.no_grad():
+            for w in weights:
+                w.set_(buffer.untyped_storage(), offset, w.shape)
+                offset += w.numel()
+        packed.append((lstm.bidirectional, lstm.num_layers))
+
+    model = tiny_model("lstm")
+    save_model(model, tmp_path / "fp32.pt")
+    monkeypatch.setattr(torch.nn.LSTM, "flatten_parameters", pack_as_on_cuda)
+    loaded = load_model(tmp_path / "fp32.pt", "cpu")
+    assert packed == [(False, 1), (False, 1)]
+    buffers = set()
+    for suffix in ("", "_reverse"):
+        weights = [getattr(loaded.enc, f"{name}_l0{suffix}") for name in LSTM_WEIGHTS]
+        assert len({w.untyped_storage().data_ptr() for w in weights}) == 1 and weights[0].storage_offset() == 0
+        buffers.add(weights[0].untyped_storage().data_ptr())
+    assert len(buffers) == 2
+    batch = random_batch(tiny_vocab())
+    with torch.no_grad():
+        expected = model.encode(batch["lang"], batch["lang_lengths"])["enc"]
+        assert torch.equal(loaded.encode(batch["lang"], batch["lang_lengths"])["enc"], expected)
+    assert len(packed) == 2  # once, at load: not on every encode

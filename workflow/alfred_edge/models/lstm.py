@@ -169,6 +169,27 @@ class ConvFrameMaskDecoder(nn.Module):
         return cont_t, action_t, (h_t, c_t)
 
 
+LSTM_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # one layer's, in cuDNN's order
+
+
+def pack_encoder_for_cudnn(model, incompatible_keys=None) -> None:
+    """After the weights are loaded: on a CUDA device, each direction of the float encoder
+    gets its weights packed into a buffer of its own, in cuDNN's layout. cuDNN runs an
+    LSTM on its weights in place only when they lie so in one buffer, from its start; else
+    it copies them into one on every call. The encoder runs its two directions one at a
+    time (encode_language), so nn.LSTM's own flatten_parameters, one buffer for both,
+    would serve the forward direction only. A temporary one-direction nn.LSTM sharing the
+    direction's parameters packs them (its flatten_parameters leaves CPU weights alone)."""
+    encoder = model.enc
+    if not isinstance(encoder, nn.LSTM):  # the dynamic int8 encoder runs on the CPU
+        return
+    for suffix in ("", "_reverse"):
+        direction = nn.LSTM(encoder.input_size, encoder.hidden_size, batch_first=True, device="meta")
+        for name in LSTM_WEIGHTS:
+            setattr(direction, f"{name}_l0", getattr(encoder, f"{name}_l0{suffix}"))
+        direction.flatten_parameters()
+
+
 class Seq2SeqImMask(nn.Module):
     name = "lstm"
 
@@ -180,6 +201,7 @@ class Seq2SeqImMask(nn.Module):
         self.emb_word = nn.Embedding(vocab_sizes["word"], a["demb"])
         self.emb_action_low = nn.Embedding(vocab_sizes["action_low"], a["demb"])
         self.enc = nn.LSTM(a["demb"], a["dhid"], bidirectional=True, batch_first=True)
+        self.register_load_state_dict_post_hook(pack_encoder_for_cudnn)
         self.enc_att = SelfAttn(2 * a["dhid"])
         self.dec = ConvFrameMaskDecoder(
             self.emb_action_low, a["dframe"], 2 * a["dhid"], a["pframe"], a["progress_monitor"], a
@@ -216,7 +238,7 @@ class Seq2SeqImMask(nn.Module):
 
     def _lstm_direction(self, x, h0, suffix: str):
         """One direction of self.enc (suffix "" or "_reverse") over x [B,L,demb], left to right."""
-        weights = [getattr(self.enc, f"{name}_l0{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        weights = [getattr(self.enc, f"{name}_l0{suffix}") for name in LSTM_WEIGHTS]
         return torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)[0]  # [B,L,dhid]
 
     def step(self, state, frames_t, prev_action=None, *, with_mask=True):
