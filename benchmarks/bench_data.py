@@ -30,7 +30,7 @@ from alfred_edge.data import manifest, preprocess, store, subset, synthetic, voc
 from alfred_edge.data.loader import StoreDataset, _pad, collate  # _pad: the same padding for both
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OCT21 = REPO_ROOT.parent / "shared" / "alfred-sample" / "splits" / "oct21.json"
+OCT21 = REPO_ROOT / "tests" / "data" / "alfred-sample" / "splits" / "oct21.json"
 SPLITS = ["train", "valid_seen", "valid_unseen"]
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny synthetic json_feat trees and the real ALFRED sample JSONs with
-generated features of the right shape (all under pytest's tmp folders)."""
+generated features of the right shape (all under pytest's tmp folders). The real sample and
+ALFRED's golden outputs ship in tests/data/ (origin and licence in its README)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ALFRED_SAMPLE = REPO_ROOT.parent / "shared" / "alfred-sample"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+ALFRED_SAMPLE = TEST_DATA / "alfred-sample"
+ALFRED_GOLDEN = TEST_DATA / "alfred-golden"
 DATA_SPLITS = ["train", "valid_seen", "valid_unseen"]
 
 
@@ -26,8 +29,6 @@ def make_synthetic_tree(root: Path, trajectories: dict, seed: int = 0, nav_steps
 
 @pytest.fixture(scope="session")
 def alfred_sample() -> Path:
-    if not ALFRED_SAMPLE.is_dir():
-        pytest.fail(f"the real ALFRED sample is expected at {ALFRED_SAMPLE} (shared/ beside the repo)")
     return ALFRED_SAMPLE
 
 
@@ -58,9 +59,10 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def build_store(tree: Path, splits_file: Path, out: Path, splits=DATA_SPLITS, dtype="float16",
-                on_bad_input="skip", budget_bytes=10**12) -> dict:
+                on_bad_input="skip", budget_bytes=10**12, vocab_of=None) -> dict:
     """manifest -> subset (all) -> vocab -> preprocess, as the rules run them; returns
-    {split: meta} and leaves out/<split>/ and out/vocab.json."""
+    {split: meta} and leaves out/<split>/ and out/vocab.json. vocab_of: an ALFRED checkpoint
+    whose vocabulary is the store's (models.lstm.init_from), else it is built from train."""
     from alfred_edge.data import manifest, preprocess, store, subset, vocab
 
     rows = manifest.scan_tree(tree, splits_file, list(splits))
@@ -69,13 +71,18 @@ def build_store(tree: Path, splits_file: Path, out: Path, splits=DATA_SPLITS, dt
     for split in splits:
         docs[split] = subset.subset_document(rows, split, 10**6, 0)
         (out / f"subset_{split}.json").write_text(json.dumps(docs[split]))
-    readable = []
-    for entry in docs["train"]["trajectories"]:
-        try:
-            readable.append(preprocess.read_traj(tree / "train" / entry["task"] / "traj_data.json"))
-        except preprocess.BadInput:
-            pass
-    (out / "vocab.json").write_text(vocab.vocab_text(vocab.build_vocab(readable)))
+    if vocab_of is not None:
+        from alfred_edge.models.alfred_checkpoint import read_checkpoint_vocab
+
+        (out / "vocab.json").write_text(vocab.vocab_text(read_checkpoint_vocab(vocab_of)))
+    else:
+        readable = []
+        for entry in docs["train"]["trajectories"]:
+            try:
+                readable.append(preprocess.read_traj(tree / "train" / entry["task"] / "traj_data.json"))
+            except preprocess.BadInput:
+                pass
+        (out / "vocab.json").write_text(vocab.vocab_text(vocab.build_vocab(readable)))
     metas = {}
     for split in splits:
         frames = sum(t["n_frames"] for t in docs[split]["trajectories"])
