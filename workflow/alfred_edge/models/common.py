@@ -83,13 +83,12 @@ def gather_steps(x, steps):
     return x[steps.bool()]
 
 
-def encode_real_frames(vis_encoder, frames, frame_lengths):
-    """frames [B,T,512,7,7] -> vis_encoder features [B,T,F] of the real frames (zeros on
-    padding, which no loss or metric reads), in one call over the whole batch."""
+def encode_frames(vis_encoder, frames):
+    """frames [B,T,512,7,7] -> vis_encoder features [B,T,F], in one call over the whole batch.
+    Padding frames (zeros) are encoded too, as ALFRED's decoder encodes every step's frame: the
+    outputs at padded steps, which no loss reads, then equal ALFRED's as well."""
     B, T = frames.shape[:2]
-    real = pad_mask(frame_lengths.to(frames.device), T)  # [B,T]
-    vis = vis_encoder(frames[real])  # [n_real,F]
-    return vis.new_zeros(B, T, vis.shape[-1]).index_put((real,), vis)
+    return vis_encoder(frames.flatten(0, 1)).unflatten(0, (B, T))
 
 
 def pad_mask(lengths, max_len: int):

@@ -24,7 +24,7 @@ from .common import (
     check_batch,
     check_encode_inputs,
     check_step_inputs,
-    encode_real_frames,
+    encode_frames,
     gather_steps,
     next_input_actions,
     step_masks,
@@ -281,7 +281,7 @@ class Seq2SeqImMask(nn.Module):
         mask_steps = batch["valid_interact"] if mask_steps is None else mask_steps
         state = self.encode(batch["lang"], batch["lang_lengths"])
         frames = self.vis_dropout(batch["frames"])
-        vis = encode_real_frames(self.dec.vis_encoder, frames, batch["frame_lengths"])  # [B,T,dframe]
+        vis = encode_frames(self.dec.vis_encoder, frames)  # [B,T,dframe]
         logits, conts = [], []
         for t in range(actions.shape[1]):
             prev = actions[:, t - 1] if (tf and t > 0) else None

@@ -27,7 +27,7 @@ from .common import (
     check_batch,
     check_encode_inputs,
     check_step_inputs,
-    encode_real_frames,
+    encode_frames,
     gather_steps,
     next_input_actions,
     pad_mask,
@@ -161,7 +161,7 @@ class Seq2SeqTransformer(nn.Module):
                 conts.append(cont_t)
             cont = torch.stack(conts, 1)  # [B,T,2d]
         else:
-            vis = self.frame_proj(encode_real_frames(self.vis_encoder, frames, batch["frame_lengths"]))  # [B,T,d]
+            vis = self.frame_proj(encode_frames(self.vis_encoder, frames))  # [B,T,d]
             prev = torch.cat([self.go.expand(B, 1, -1), self.emb_action_low(actions[:, :-1])], 1)  # [B,T,d]
             x = vis + prev
             h = self._decode(x, state, cache=None)  # [B,T,d], causal
