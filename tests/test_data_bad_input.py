@@ -40,7 +40,8 @@ def lacks_keys(folder, splits_file):
 def wrong_frame_count(folder, splits_file):
     feat = _feat(folder)
     torch.save(torch.cat([feat, feat[:1]]), folder / "feat_conv.pt")
-    return folder / "feat_conv.pt", rf"has {len(feat) + 1} frames, expected len\(plan.low_actions\)\+1 = {len(feat)}"
+    return folder / "feat_conv.pt", (rf"has {len(feat) + 1} frames, expected json_feat's len\(plan.low_actions\)\+1 = "
+                                     rf"{len(feat)} \(its images list no filler frames, so it is no full_2.1.0 file\)")
 
 
 def missing_features(folder, splits_file):

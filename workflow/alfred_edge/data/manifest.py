@@ -2,7 +2,9 @@
 the file system only (os.stat; no feature tensor and no JSON is read), so it costs about a
 second at ALFRED scale. Frames = feat_conv.pt size // 100,352 (one float32 512x7x7 frame;
 the torch container adds less than a frame); low actions = frames - 1, verified when the
-trajectory is preprocessed."""
+trajectory is preprocessed. A full_2.1.0 file holds a frame per image, several per low action,
+of which the store keeps one per low action (preprocess.full_layout_frames): for such a tree
+the plan overestimates the store."""
 from __future__ import annotations
 
 import json

@@ -8,7 +8,8 @@
                           n_frames, n_low_actions
     annotations.parquet   one row per (trajectory, annotation), see ANNOTATION_COLUMNS
     rejected.parquet      trajectories left out: split, task, path, reason
-    meta.json             split, dtype, counts, byte sizes, vocab digest
+    meta.json             split, dtype, counts, byte sizes, vocab digest, the words the
+                          vocabulary lacks (read as <<pad>>)
 
 Reading one trajectory touches only its rows of the memory map."""
 from __future__ import annotations
@@ -32,7 +33,7 @@ ANNOTATION_COLUMNS = {
     "lang_instr": "word ids of all instructions back to back, ending in <<stop>>",
     "instr_lengths": "number of ids per instruction (the last, 1, is <<stop>>)",
     "actions": "action_low ids per step, ending in <<stop>> (length n_frames)",
-    "high_idx": "subgoal index per step",
+    "high_idx": "subgoal index per step, aligned with the instructions as ALFRED merges them (preprocess.subgoal_of_steps)",
     "valid_interact": "True where the step is an interaction (has a mask)",
     "mask_rle": "ALFRED run-length masks of the interaction steps, flat [start, length] pairs",
     "mask_pairs": "number of (start, length) pairs per interaction step",
