@@ -7,7 +7,10 @@ Per split:
     loss_action  ALFRED's action loss: cross-entropy per step, pad steps zeroed, mean over B*T
     loss_mask    ALFRED's weighted mask BCE on interaction steps (mean over object pixels
                  + mean over background pixels), mean over batches
-    loss         loss_action + loss_mask (+ the progress-monitor losses when the model has them)
+    loss         loss_action + loss_mask (+ the progress-monitor losses when the model has them),
+                 teacher-forced
+    free_loss    the same losses with the model's own argmax fed back as the previous action:
+                 ALFRED's validation loss (eval mode), by which it keeps best_seen.pth
     action_acc   teacher-forced accuracy of the next action over real steps (incl. <<stop>>)
     action_f1, action_em
                  ALFRED's action-sequence F1 / exact match (SQuAD-style token overlap), from
@@ -127,6 +130,11 @@ def float_dtype(model):
 DEFAULT_WEIGHTS = {"action": 1.0, "mask": 1.0, "subgoal": 0.0, "progress": 0.0}
 
 
+def float_outputs(out: dict) -> dict:
+    """A forward output with its logits in float32 (fp16/bf16 variants), for the losses."""
+    return {**out, "action_logits": out["action_logits"].float(), "mask_logits": out["mask_logits"].float()}
+
+
 @torch.no_grad()
 def evaluate_loader(model, loader, device, weights=None, progress=None) -> dict:
     """Every metric above over one split's DataLoader (model in eval mode)."""
@@ -139,20 +147,18 @@ def evaluate_loader(model, loader, device, weights=None, progress=None) -> dict:
     for batch in loader:
         batch = to_device(batch, device, dtype)
         masks = gt_masks(batch, model.config["pframe"], device)
-        out = model(batch, teacher_forcing=True)
-        logits = out["action_logits"].float()
-        for key, value in compute_losses(model, {**out, "action_logits": logits,
-                                                 "mask_logits": out["mask_logits"].float()},
-                                         batch, masks, weights).items():  # fmt: skip
+        out = float_outputs(model(batch, teacher_forcing=True))
+        for key, value in compute_losses(model, out, batch, masks, weights).items():
             sums[key] += float(value)
+        logits = out["action_logits"]
         n_batches += 1
         real = batch["actions"] != PAD
         correct += int(((logits.argmax(-1) == batch["actions"]) & real).sum())
         steps += int(real.sum())
-        ious.append(mask_ious(out["mask_logits"].float(), masks).cpu())
-        no_masks = torch.zeros_like(batch["valid_interact"])  # F1/EM read only the actions
-        free = model(batch, teacher_forcing=False, mask_steps=no_masks)["action_logits"].argmax(-1).tolist()
-        for pred, gold in zip(free, batch["actions"].tolist()):
+        ious.append(mask_ious(out["mask_logits"], masks).cpu())
+        free = float_outputs(model(batch, teacher_forcing=False))
+        sums["free_loss"] += float(compute_losses(model, free, batch, masks, weights)["loss"])
+        for pred, gold in zip(free["action_logits"].argmax(-1).tolist(), batch["actions"].tolist()):
             pred, gold = cut_sequence(pred), cut_sequence(gold)
             f1s.append(sequence_f1(pred, gold))
             ems.append(float(pred == gold))
