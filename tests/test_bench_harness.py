@@ -2,6 +2,7 @@
 child): what the rows say must follow from what was measured."""
 import os
 import time
+import types
 
 import numpy as np
 import pytest
@@ -126,8 +127,8 @@ def test_rss_follows_allocations_and_a_forked_child_reads_its_own():
 
 
 def test_capacity_fit_and_prediction():
-    rows = [{"status": "ok", "batch_size": b, "peak_rss_mb": 400 + 10 * b} for b in (1, 2, 4, 8)]
-    rows.append({"status": "oom", "batch_size": 16, "peak_rss_mb": 9999})  # failures are not fitted
+    rows = [{"status": "ok", "batch_size": b, "peak_memory_mb": 400 + 10 * b} for b in (1, 2, 4, 8)]
+    rows.append({"status": "oom", "batch_size": 16, "peak_memory_mb": 9999})  # failures are not fitted
     fit = capacity.fit_peak_ram(rows)
     assert fit["fit_slope_mb_per_sample"] == pytest.approx(10) and fit["fit_intercept_mb"] == pytest.approx(400)
     assert capacity.predict_max_batch(fit, 4005) == 360
@@ -152,3 +153,43 @@ def test_cpu_time_separates_work_from_waiting():
     worked = harness.latency_stats(working.latencies_s, working.loop_wall_s, 1, 1, working.cpu_s)
     assert slept["cpu_utilization"] < 0.2 < worked["cpu_utilization"]
     assert worked["cpu_time_p50_ms"] <= worked["latency_p50_ms"] * 1.05
+
+
+def nvmap_maps(*clients):
+    """/sys/kernel/debug/nvmap/iovmm/maps as a Jetson's kernel prints it: a header, each
+    client ("CLIENT PROCESS PID SIZEK") with its allocations indented below it, a total."""
+    lines = [f"{'CLIENT':<18} {'PROCESS':>18} {'PID':>8} {'SIZE':>11}",
+             f"{'':<18} {'':>18} {'BASE':>8} {'SIZE':>11} {'FLAGS':>8} {'SHARE':>6} {'UID':>9}"]
+    for pid, process, kib in clients:
+        lines += [f"{'user':<18} {process:>18} {pid:>8} {kib:>10}K",
+                  f"{'':<18} {'':<18} {0:>8x} {kib:>10}K {0:>8x} {'private':>6} {1000:>9}", ""]
+    lines.append(f"{'total':<18} {'':<18} {'':>8} {sum(k for *_, k in clients):>10}K")
+    return "\n".join(lines) + "\n"
+
+
+def test_nvmap_memory_of_a_process_is_the_sum_of_its_clients(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(nvmap_maps((4242, "python3", 200_000), (1000, "gnome-shell", 8_000), (4242, "python3", 4_000)))
+    assert memory.nvmap_mb(4242, str(maps)) == pytest.approx(204_000 * 1024 / 1e6)
+    assert memory.nvmap_mb(1000, str(maps)) == pytest.approx(8_000 * 1024 / 1e6)
+    assert memory.nvmap_mb(77, str(maps)) == 0.0
+    assert memory.nvmap_mb(4242, str(tmp_path / "absent")) is None  # not a Jetson, or not root
+
+
+class ReservingTorch:
+    """torch.cuda's allocator statistics, as a desktop GPU gives them."""
+
+    def __init__(self, reserved_mb):
+        self.cuda = types.SimpleNamespace(max_memory_reserved=lambda: reserved_mb * 1e6, reset_peak_memory_stats=lambda: None)
+
+
+def test_device_memory_counts_nvmap_on_a_jetson_and_cuda_reserved_elsewhere(tmp_path, monkeypatch):
+    maps = tmp_path / "maps"
+    maps.write_text(nvmap_maps((os.getpid(), "python3", 1_500_000)))
+    on_jetson = memory.DeviceMemory(ReservingTorch(900.0), "cuda", maps_path=str(maps))
+    assert on_jetson.method == "rss+nvmap" and on_jetson.peak_mb() == pytest.approx(1536.0)
+    monkeypatch.setattr(memory, "NVMAP_MAPS", str(tmp_path / "absent"))  # a desktop GPU (or a Jetson, not root)
+    desktop = memory.DeviceMemory(ReservingTorch(900.0), "cuda")
+    assert desktop.method == "rss+cuda_reserved" and desktop.peak_mb() == pytest.approx(900.0)
+    on_cpu = memory.DeviceMemory(ReservingTorch(900.0), "cpu", maps_path=str(maps))
+    assert on_cpu.method == "rss" and on_cpu.peak_mb() is None

@@ -1,6 +1,7 @@
 """Failures are rows: every outcome of a cell (ok, oom, oom_killed, timeout, error, skipped)
 ends up in its Parquet file with the reason. Children here import torch (a few seconds each),
 so only the paths that need a real child use one."""
+import json
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from alfred_edge.bench import capacity, child, harness, runner
+from alfred_edge.bench import capacity, child, harness, memory, runner
 
 LOOP = {"min_iterations": 3, "min_duration_s": 0.0, "max_duration_s": 10.0, "warmup_iterations": 1}
 
@@ -145,7 +146,7 @@ def test_watch_ends_a_child_that_passes_the_ram_limit():
 def test_capacity_search_stops_at_the_limit_and_reports_the_largest_batch(tmp_path):
     cells = []
     for b in (1, 2):
-        write_row(fake_spec(batch_size=b), tmp_path / f"b{b}.parquet", status="ok", peak_rss_mb=300.0 + b)
+        write_row(fake_spec(batch_size=b), tmp_path / f"b{b}.parquet", status="ok", peak_memory_mb=300.0 + b)
         cells.append(str(tmp_path / f"b{b}.parquet"))
     spec = fake_spec(capacity={"budgets_gb": {"tiny": 0.05, "big": 100.0}, "measure": "tiny",
                                "max_batch": 8, "factor": 2.0, "steps": 2, "max_seconds": 60})
@@ -162,11 +163,58 @@ def test_capacity_search_stops_at_the_limit_and_reports_the_largest_batch(tmp_pa
 
 
 def test_measured_columns_from_progress():
-    progress = [{"batch": 1, "peak_rss_mb": 500}, {"batch": 2, "peak_rss_mb": 700}, {"batch": 4, "peak_rss_mb": 1100}]
+    progress = [{"batch": b, "peak_memory_mb": mb, "memory_method": "rss"} for b, mb in ((1, 500), (2, 700), (4, 1100))]
     exit_ = runner.ChildExit(0, {}, 900, 3.0, ended_by="ram_limit", peak_seen_mb=1200, progress=progress)
     cols = capacity.measured_columns(exit_, [1, 2, 4, 8], limit_mb=1000)
     assert cols["measured_max_batch"] == 2 and cols["measured_first_failing_batch"] == 4
-    assert cols["measured_peak_rss_mb"] == 700 and cols["measured_batches"] == [1, 2, 4]
+    assert cols["measured_peak_memory_mb"] == 700 and cols["measured_batches"] == [1, 2, 4]
     time_boxed = runner.ChildExit(0, {}, 700, 3.0, progress=progress[:2])
     cols = capacity.measured_columns(time_boxed, [1, 2, 4, 8], limit_mb=1000)
     assert cols["measured_max_batch"] == 2 and cols["measured_first_failing_batch"] is None
+
+
+class GpuMemoryRssDoesNotShow:
+    """A cuda process's GPU-side memory (nvmap on a Jetson) as memory.DeviceMemory reads it:
+    1.5 GB more at each batch of the search, none of it in the RSS."""
+
+    method = "rss+nvmap"
+
+    def __init__(self, torch_module, device):
+        self.batches = 0
+
+    def reset_peak(self):
+        self.batches += 1
+
+    def peak_mb(self):
+        return 1500.0 * self.batches
+
+
+def test_the_capacity_search_counts_gpu_memory_and_stops_after_the_batch_that_passed(tmp_path, monkeypatch):
+    monkeypatch.setattr(child.memory, "DeviceMemory", GpuMemoryRssDoesNotShow)
+    progress = tmp_path / "progress.jsonl"
+    cap = {"batches": [1, 2, 4, 8], "steps": 1, "factor": 2.0, "max_seconds": 600, "limit_mb": 3000.0}
+    result = child.measure_capacity(fake_spec(capacity=cap, progress_path=str(progress)), torch)
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert result == {"measured_stop_reason": "ram_limit"} and [p["batch"] for p in lines] == [1, 2]
+    assert lines[1]["peak_memory_mb"] > 3000 + memory.rss_mb() * 0.5 and lines[0]["memory_method"] == "rss+nvmap"
+    cols = capacity.measured_columns(runner.ChildExit(0, result, 500, 1.0, progress=lines), cap["batches"], 3000.0)
+    assert cols["measured_max_batch"] == 1 and cols["measured_first_failing_batch"] == 2
+    assert cols["measured_memory_method"] == "rss+nvmap"
+
+
+def test_a_cells_gpu_memory_counts_in_its_peak_and_against_the_ram_limit():
+    cols = child.total_memory_columns(800.0, GpuMemoryRssDoesNotShow(torch, "cuda"), device_before_mb=2500.0)
+    assert cols == {"peak_device_memory_mb": 2500.0, "peak_memory_mb": 3300.0, "memory_method": "rss+nvmap"}
+    result = {"status": "ok", "peak_rss_mb": 800.0, **cols}
+    under = runner.exit_columns(runner.ChildExit(0, result, 800.0, 1.0), 60, ram_limit_mb=4000.0)
+    over = runner.exit_columns(runner.ChildExit(0, result, 800.0, 1.0), 60, ram_limit_mb=3000.0)
+    assert under["status"] == "ok"
+    assert over["status"] == "oom" and "peak memory 3300 MB (rss+nvmap) passed the harness's limit of 3000 MB" in over["error"]
+
+
+def test_the_capacity_fit_follows_gpu_memory_where_the_rss_stays_flat():
+    rows = [{"status": "ok", "batch_size": b, "peak_rss_mb": 900.0, "peak_memory_mb": 900.0 + 250.0 * b} for b in (1, 2, 4)]
+    fit = capacity.fit_peak_ram(rows)
+    assert fit["fit_slope_mb_per_sample"] == pytest.approx(250.0)
+    assert capacity.predict_max_batch(fit, 4000.0) == 12
+

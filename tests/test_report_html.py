@@ -298,7 +298,7 @@ def test_the_headline_names_the_budgets_of_its_host_a_cell_fits():
         "host": ["a", "b"], "device": ["cpu", "cpu"], "device_name": ["x", "y"], "status": ["ok", "ok"],
         "model": ["lstm", "lstm"], "variant": ["fp32", "fp32"], "batch_size": [1, 1],
         "sample_latency_p50_ms": [5.0, 6.0], "throughput_samples_per_s": [200.0, None],
-        "accuracy_valid_seen": [None, None], "peak_rss_mb": [5000.0, None],
+        "accuracy_valid_seen": [None, None], "peak_memory_mb": [5000.0, None],
     })
     budgets = pd.DataFrame({"host": ["a", "a", "a", "b"], "budget": ["4gb", "8gb", "16gb", "b-32gb"],
                             "budget_mb": [4000.0, 8000.0, 16000.0, 32000.0]})

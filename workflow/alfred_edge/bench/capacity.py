@@ -1,7 +1,9 @@
 """RAM capacity of (model, variant, device): the largest batch that fits each RAM budget,
-predicted from the sweep (a least-squares line of peak RSS against batch size over the ok
+predicted from the sweep (a least-squares line of peak memory against batch size over the ok
 cells) and, for one budget, measured: one child raises the batch while the harness holds
-its RSS under the budget and ends it cleanly when it passes."""
+its memory under the budget and ends it cleanly when it passes. Memory is the resident
+memory plus, on cuda, the GPU-side memory (memory.DeviceMemory): on a Jetson both come out
+of the same RAM."""
 from __future__ import annotations
 
 import math
@@ -21,9 +23,9 @@ def budgets_mb(budgets_gb: dict) -> dict:
 
 
 def fit_peak_ram(rows: list[dict]) -> dict:
-    """Line peak_rss_mb = intercept + slope * batch over the ok rows (one point per batch)."""
-    points = sorted((r["batch_size"], r["peak_rss_mb"]) for r in rows
-                    if r.get("status") == "ok" and r.get("peak_rss_mb") is not None)
+    """Line peak_memory_mb = intercept + slope * batch over the ok rows (one point per batch)."""
+    points = sorted((r["batch_size"], r["peak_memory_mb"]) for r in rows
+                    if r.get("status") == "ok" and r.get("peak_memory_mb") is not None)
     batches = [b for b, _ in points]
     if len(set(batches)) < 2:
         return {"fit_points": len(points), "fit_batches": batches, "fit_slope_mb_per_sample": None,
@@ -52,7 +54,7 @@ def search_batches(max_batch: int, factor: float) -> list[int]:
 
 def measured_columns(child: runner.ChildExit, batches: list[int], limit_mb: float) -> dict:
     """The largest batch that completed under the limit, and the first that did not."""
-    peaks = {p["batch"]: p["peak_rss_mb"] for p in child.progress}
+    peaks = {p["batch"]: p["peak_memory_mb"] for p in child.progress}
     fitting = [b for b in batches if b in peaks and peaks[b] <= limit_mb]
     largest = max(fitting, default=0)
     over = [b for b in batches if b in peaks and peaks[b] > limit_mb]
@@ -66,9 +68,10 @@ def measured_columns(child: runner.ChildExit, batches: list[int], limit_mb: floa
         "measured": True,
         "measured_max_batch": largest,
         "measured_first_failing_batch": first_failing,
-        "measured_peak_rss_mb": best_peak,
+        "measured_peak_memory_mb": best_peak,
         "measured_batches": [p["batch"] for p in child.progress],
-        "measured_peaks_mb": [p["peak_rss_mb"] for p in child.progress],
+        "measured_peaks_mb": [p["peak_memory_mb"] for p in child.progress],
+        "measured_memory_method": child.progress[0]["memory_method"] if child.progress else None,
     }
 
 
@@ -105,12 +108,13 @@ def measure(spec: dict, limit_mb: float) -> dict:
     if reason:
         return {"status": "skipped", "error": reason}
     batches = search_batches(cap["max_batch"], cap["factor"])
-    child = runner.run_child("capacity", dict(spec, capacity=dict(cap, batches=batches)), spec["timeout_s"], limit_mb)
+    child = runner.run_child("capacity", dict(spec, capacity=dict(cap, batches=batches, limit_mb=limit_mb)),
+                             spec["timeout_s"], limit_mb)
     exit_cols = runner.exit_columns(child, spec["timeout_s"], limit_mb)
     cols = {**{k: v for k, v in exit_cols.items() if k not in ("status", "error", "measured_stop_reason")},
             **measured_columns(child, batches, limit_mb), "wall_time_s": child.wall_s}
     # Passing the limit is how the search is meant to end, not a failure of the job.
-    if child.ended_by == "ram_limit" or (child.progress and child.progress[-1]["peak_rss_mb"] > limit_mb):
+    if child.ended_by == "ram_limit" or (child.progress and child.progress[-1]["peak_memory_mb"] > limit_mb):
         cols.update(status="ok", error=None, measured_stop_reason="ram_limit")
     elif exit_cols["status"] == "ok":
         cols.update(status="ok", error=None, measured_stop_reason=exit_cols.get("measured_stop_reason"))

@@ -96,6 +96,7 @@ def measure_cell(spec: dict, torch) -> dict:
 
     check_device(spec["device"])
     row: dict = {"rss_baseline_mb": memory.rss_mb()}
+    device_memory = memory.DeviceMemory(torch, spec["device"])
     workload = make_workload(spec, spec["batch_size"], spec["max_steps"])
     row["load_time_ms"] = time_call(workload.load, workload.sync) * 1e3
     workload.prepare()
@@ -121,6 +122,7 @@ def measure_cell(spec: dict, torch) -> dict:
             cuda_trace.append(torch.cuda.memory_allocated() / memory.MB)
 
     hwm_before = memory.hwm_mb()
+    device_before = device_memory.peak_mb()  # load, cold batch and warm-up
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     workload.start_timing()
@@ -137,6 +139,7 @@ def measure_cell(spec: dict, torch) -> dict:
     if encode_s:
         row["encode_latency_p50_ms"] = float(sorted(encode_s)[len(encode_s) // 2] * 1e3)
     row.update(memory_columns(peak, hwm_before, rss_trace, cuda_trace, torch if cuda else None))
+    row.update(total_memory_columns(row["peak_rss_mb"], device_memory, device_before))
     row.update(power.power_columns(sampler, idle, window, stats["iterations"], spec["batch_size"]))
     row.update(flop_columns(spec, workload, torch))
     return row
@@ -166,6 +169,17 @@ def memory_columns(peak: memory.InferencePeak, hwm_before, rss_trace, cuda_trace
         if cuda_leak["flag"] is not None and rss_leak["flag"] is not None:
             cols["leak_flag"] = rss_leak["flag"] or cuda_leak["flag"]
     return cols
+
+
+def total_memory_columns(peak_rss_mb: float | None, device_memory: memory.DeviceMemory,
+                         device_before_mb: float | None) -> dict:
+    """The whole-life peak of the process's GPU-side memory (before and during the timed
+    loop) and peak_memory_mb, the RSS and GPU peaks added: what a board's RAM must hold.
+    The two peaks may fall at different moments, so their sum bounds the need from above."""
+    device_peaks = [mb for mb in (device_before_mb, device_memory.peak_mb()) if mb is not None]
+    device_peak = max(device_peaks) if device_peaks else None
+    total = None if peak_rss_mb is None else peak_rss_mb + (device_peak or 0.0)
+    return {"peak_device_memory_mb": device_peak, "peak_memory_mb": total, "memory_method": device_memory.method}
 
 
 def flop_columns(spec: dict, workload, torch) -> dict:
@@ -203,14 +217,17 @@ def measure_roofline(spec: dict, torch) -> dict:
 
 def measure_capacity(spec: dict, torch) -> dict:
     """Raise the batch (spec batches, in order) in this one process: for each, build the
-    batch, encode and run `steps` decoder steps, and append {"batch", "peak_rss_mb"} to the
-    progress file. The parent ends this process when its RSS passes the limit; the search
-    also stops before a batch that would end after capacity.max_seconds (its time is guessed
-    as the last batch's times the growth factor)."""
+    batch, encode and run `steps` decoder steps, and append {"batch", "peak_memory_mb",
+    "memory_method"} to the progress file (peak RSS plus the GPU-side memory, see
+    memory.DeviceMemory). The parent ends this process when its RSS passes the limit; the
+    search itself stops after a batch whose peak passed it (GPU memory, which the parent
+    does not see), and before a batch that would end after capacity.max_seconds (its time
+    is guessed as the last batch's times the growth factor)."""
     from alfred_edge.bench.workloads import check_device
 
     check_device(spec["device"])
     cap = spec["capacity"]
+    device_memory = memory.DeviceMemory(torch, spec["device"])
     first = make_workload(spec, cap["batches"][0], cap["steps"])
     first.load()
     progress = Path(spec["progress_path"])
@@ -220,13 +237,17 @@ def measure_capacity(spec: dict, torch) -> dict:
         workload = make_workload(spec, batch_size, cap["steps"])
         workload.model = first.model
         memory.reset_hwm()
+        device_memory.reset_peak()
         workload.prepare()
         workload.run_batch()
-        peak = memory.hwm_mb() or memory.rss_mb()
+        peak = (memory.hwm_mb() or memory.rss_mb()) + (device_memory.peak_mb() or 0.0)
         with progress.open("a") as stream:
-            stream.write(json.dumps({"batch": batch_size, "peak_rss_mb": peak}) + "\n")
+            stream.write(json.dumps({"batch": batch_size, "peak_memory_mb": peak,
+                                     "memory_method": device_memory.method}) + "\n")
         del workload
         gc.collect()
+        if peak > cap["limit_mb"]:
+            return {"measured_stop_reason": "ram_limit"}
         now = time.perf_counter()
         if now - start + (now - batch_start) * cap["factor"] > cap["max_seconds"] and batch_size != cap["batches"][-1]:
             return {"measured_stop_reason": "time_box"}

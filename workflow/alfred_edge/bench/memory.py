@@ -1,11 +1,14 @@
-"""Memory trackers: the process's resident memory and its kernel high-water mark, CUDA
-peaks, a sampled peak where the kernel's cannot be reset, and the leak fit of a trace.
+"""Memory trackers: the process's resident memory and its kernel high-water mark, its
+GPU-side memory (nvmap on a Jetson, CUDA's reserved memory elsewhere), a sampled peak where
+the kernel's cannot be reset, and the leak fit of a trace.
 
 MB here means 1e6 bytes, as everywhere in the results."""
 from __future__ import annotations
 
 import os
+import re
 import threading
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -62,6 +65,60 @@ def reset_hwm() -> bool:
     except OSError:
         return False
     return True
+
+
+# A Jetson's per-process GPU memory, as jetson-stats reads it: one line per nvmap client,
+# "CLIENT PROCESS PID SIZEK", each followed by indented lines of its allocations and, at the
+# end, a "total" line. Readable by root only (debugfs).
+NVMAP_MAPS = "/sys/kernel/debug/nvmap/iovmm/maps"
+_NVMAP_CLIENT = re.compile(r"^(?P<client>\S+)\s+(?P<process>.*?)\s+(?P<pid>\d+)\s+(?P<size_kb>\d+)K\s*$")
+
+
+def nvmap_mb(pid: int, maps_path: str = NVMAP_MAPS) -> float | None:
+    """nvmap memory of process `pid`: the sum of its clients' sizes in the iovmm maps (on a
+    Jetson, CUDA's allocations are nvmap memory, which VmRSS does not count). None where the
+    file cannot be read: not a Jetson, or not root."""
+    try:
+        text = Path(maps_path).read_text()
+    except OSError:
+        return None
+    kib = sum(int(match["size_kb"]) for match in map(_NVMAP_CLIENT.match, text.splitlines())
+              if match and int(match["pid"]) == pid)
+    return kib * 1024 / MB
+
+
+class DeviceMemory:
+    """The GPU-side memory of this process, which a RAM budget counts beside its RSS (on a
+    Jetson CPU and GPU share the RAM). `method` names how it is read, as the rows record it:
+        rss                 a cpu job: none
+        rss+nvmap           its nvmap memory (a Jetson, as root): CUDA context, torch's
+                            cache, cuDNN, everything the driver mapped for it
+        rss+cuda_reserved   what torch's CUDA allocator holds (torch.cuda.memory_reserved):
+                            a desktop GPU, or a Jetson whose nvmap maps need root
+    peak_mb() is the peak since reset_peak(); nvmap has no peak, so it is read at that
+    moment: torch's caching allocator keeps what it reserved, so the reading does not fall
+    below the region's peak before then."""
+
+    def __init__(self, torch_module, device: str, maps_path: str | None = None):
+        self._torch = torch_module
+        self._maps_path = maps_path or NVMAP_MAPS
+        if device != "cuda":
+            self.method = "rss"
+        elif nvmap_mb(os.getpid(), self._maps_path) is not None:
+            self.method = "rss+nvmap"
+        else:
+            self.method = "rss+cuda_reserved"
+
+    def reset_peak(self) -> None:
+        if self.method == "rss+cuda_reserved":
+            self._torch.cuda.reset_peak_memory_stats()
+
+    def peak_mb(self) -> float | None:
+        if self.method == "rss+nvmap":
+            return nvmap_mb(os.getpid(), self._maps_path)
+        if self.method == "rss+cuda_reserved":
+            return self._torch.cuda.max_memory_reserved() / MB
+        return None
 
 
 def maxrss_mb(ru_maxrss: int) -> float:

@@ -123,6 +123,10 @@ def exit_columns(child: ChildExit, timeout_s: float, ram_limit_mb: float | None)
     elif child.result is None:
         cols.update(status="error", error=f"the measuring process exited with code {child.exit_code} without a result "
                                           "(see the job's log)")
+    elif cols.get("status") == "ok" and ram_limit_mb is not None and (cols.get("peak_memory_mb") or 0.0) > ram_limit_mb:
+        # what the harness could not watch live: GPU-side memory, or an RSS spike between its polls
+        cols.update(status="oom", error=f"peak memory {cols['peak_memory_mb']:.0f} MB ({cols['memory_method']}) "
+                                        f"passed the harness's limit of {ram_limit_mb:.0f} MB")
     if cols.get("peak_rss_mb") is None and child.maxrss_mb:
         cols["peak_rss_mb"] = child.maxrss_mb
     return cols

@@ -358,11 +358,11 @@ def wrap(text: str, width: int) -> str:
 
 
 def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
-    """Peak RSS against batch, the fitted line of each series (from the capacity rows:
+    """Peak memory (RSS, plus GPU memory on cuda) against batch, the fitted line of each series (from the capacity rows:
     host, device, model, variant, features, fit_slope_mb_per_sample, fit_intercept_mb) and
     the RAM budgets of each host (host, budget, budget_mb)."""
-    rows = ok_cells(cells, "peak_rss_mb")
-    panels = panels_of(rows, ["peak_rss_mb"])
+    rows = ok_cells(cells, "peak_memory_mb")
+    panels = panels_of(rows, ["peak_memory_mb"])
     if not panels:
         return None
     styles = Styles(rows)
@@ -375,18 +375,18 @@ def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
         xs = np.geomspace(1.0, largest_batch, 24)  # straight lines curve on a log axis
         fitted = {}  # variant -> [(x, y)], drawn as one line each
         for model, variant, features, line in series:
-            ax.plot(line["batch_size"], line["peak_rss_mb"], ls="none", ms=4, **styles.kwargs(model, variant, features))
+            ax.plot(line["batch_size"], line["peak_memory_mb"], ls="none", ms=4, **styles.kwargs(model, variant, features))
             if (host, device, model, variant, features) in lines_of:
                 intercept, slope = lines_of[(host, device, model, variant, features)]
                 fitted.setdefault(variant, []).append((xs, intercept + slope * xs))
         for variant, parts in fitted.items():
             ax.plot(*one_line(parts), color=styles.colour[variant], lw=0.9, ls="--")
-        peak = max(float(line["peak_rss_mb"].max()) for *_, line in series)
+        peak = max(float(line["peak_memory_mb"].max()) for *_, line in series)
         draw_budgets(ax, budgets[budgets["host"] == host], peak)
         ax.set_xscale("log", base=2)
         ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
     finish(fig, axes, "Peak RAM against batch: measured (points), fitted (dashed), budgets (dotted)", "batch",
-           "peak RSS (MB)", same_y=False, x_ticks=batch_ticks(rows["batch_size"]))
+           "peak memory (MB)", same_y=False, x_ticks=batch_ticks(rows["batch_size"]))
     return fig
 
 

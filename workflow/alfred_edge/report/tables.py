@@ -55,10 +55,10 @@ def budgets_per_host(cells: pd.DataFrame, capacity: pd.DataFrame, budgets_gb: di
 
 
 def fits_budgets(row, host_budgets: list[tuple[str, float]]) -> str:
-    """The budgets (name, MB) of the row's host that its peak RSS fits in."""
-    if pd.isna(row["peak_rss_mb"]):
+    """The budgets (name, MB) of the row's host that its peak memory fits in."""
+    if pd.isna(row["peak_memory_mb"]):
         return "RAM not measured"
-    return ", ".join(name for name, budget_mb in host_budgets if budget_mb >= row["peak_rss_mb"])
+    return ", ".join(name for name, budget_mb in host_budgets if budget_mb >= row["peak_memory_mb"])
 
 
 def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
@@ -76,7 +76,7 @@ def headline(cells: pd.DataFrame, budgets: pd.DataFrame) -> list[dict]:
     """Per host/device: fastest at batch 1, highest throughput, the accuracy/latency front."""
     result = []
     columns = ["host", "device", "device_name", "model", "variant", "batch_size", "sample_latency_p50_ms",
-               "throughput_samples_per_s", "accuracy_valid_seen", "peak_rss_mb"]  # a row of 180 columns costs
+               "throughput_samples_per_s", "accuracy_valid_seen", "peak_memory_mb"]  # a row of 180 columns costs
     budgets_of = {host: list(zip(rows["budget"], rows["budget_mb"])) for host, rows in budgets.groupby("host")}
     for (host, device), panel in ok(cells)[columns].groupby(["host", "device"], sort=True):
         host_budgets = budgets_of.get(host, [])
@@ -109,7 +109,7 @@ SERIES = ["host", "device", "model", "variant", "features"]
 
 
 def ram_fits(capacity: pd.DataFrame) -> pd.DataFrame:
-    """The fitted line of peak RSS against batch per series (the benchmark's capacity rows
+    """The fitted line of peak memory against batch per series (the benchmark's capacity rows
     repeat it for each budget)."""
     fitted = capacity[capacity["fit_slope_mb_per_sample"].notna()]
     return fitted[SERIES + ["fit_slope_mb_per_sample", "fit_intercept_mb"]].drop_duplicates(SERIES)
