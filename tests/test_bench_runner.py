@@ -218,3 +218,16 @@ def test_the_capacity_fit_follows_gpu_memory_where_the_rss_stays_flat():
     assert fit["fit_slope_mb_per_sample"] == pytest.approx(250.0)
     assert capacity.predict_max_batch(fit, 4000.0) == 12
 
+
+def test_cuda_jobs_compute_float32_in_ieee_float32_and_record_it(monkeypatch):
+    """cuDNN allows TF32 by default (Ampere and later, Orin included): a cuda job turns it off
+    for cuDNN and matmuls and its row says so; a cpu row leaves the flags null."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert child.ieee_fp32(torch, "cpu") == {"cuda_matmul_allow_tf32": None, "cudnn_allow_tf32": None}
+    assert torch.backends.cudnn.allow_tf32 is True
+    assert child.ieee_fp32(torch, "cuda") == {"cuda_matmul_allow_tf32": False, "cudnn_allow_tf32": False}
+    assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+    result = runner.run_child("cell", fake_spec(device="cuda"), 120, None).result  # skipped here: no GPU
+    assert result["cuda_matmul_allow_tf32"] is False and result["cudnn_allow_tf32"] is False
+

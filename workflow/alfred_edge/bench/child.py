@@ -26,6 +26,7 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(spec["threads"])
     torch.set_num_interop_threads(1)  # decoding is sequential: one inter-op thread
+    precision = ieee_fp32(torch, spec["device"])
     result = {}
     try:
         measure = {"cell": measure_cell, "roofline": measure_roofline, "capacity": measure_capacity}[kind]
@@ -33,10 +34,24 @@ def main(argv: list[str]) -> int:
         result.setdefault("status", "ok")
     except BaseException as exc:  # every outcome becomes a row
         result = {**result, **failure_columns(exc, torch)}
+    result.update(precision)
     result.update(environment.host_profile(spec["host"], torch))
     result["device_name"] = environment.device_name(spec["device"], torch)
     atomic.write_text(result_path, json.dumps(result, default=float))
     return 0
+
+
+def ieee_fp32(torch, device: str) -> dict:
+    """On cuda, float32 arithmetic in IEEE float32: TF32 off for matmuls and for cuDNN, whose
+    convolutions use TF32 by default on Ampere and later (Orin included), so that an fp32
+    cell and the roofline's fp32 matmul measure float32. Returns the flags as set, for the
+    row; null on cpu, where they change nothing."""
+    if device != "cuda":
+        return {"cuda_matmul_allow_tf32": None, "cudnn_allow_tf32": None}
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return {"cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
 
 
 def failure_columns(exc: BaseException, torch) -> dict:
