@@ -2,6 +2,8 @@
 read into RAM equal to the memory-mapped ones, and a whole cell measured in-process for each
 model (the transformer through its own step path)."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -133,3 +135,13 @@ def _decoded(spec):
     for _ in range(workload.batches_per_pass):
         workload.run_batch()
     return workload
+
+
+def test_the_transformers_import_is_not_in_the_timed_model_load():
+    """make_workload imports the model's code, so load_time_ms times the load alone (the
+    transformer's first import of transformers takes seconds)."""
+    code = ("import sys; from alfred_edge.bench import child; "
+            "child.make_workload({'model': 'transformer', 'device': 'cpu', 'model_path': 'm.pt', 'store_dir': 's', "
+            "'features': 'mmap'}, 1, 1); print('transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"

