@@ -231,3 +231,17 @@ def test_cuda_jobs_compute_float32_in_ieee_float32_and_record_it(monkeypatch):
     result = runner.run_child("cell", fake_spec(device="cuda"), 120, None).result  # skipped here: no GPU
     assert result["cuda_matmul_allow_tf32"] is False and result["cudnn_allow_tf32"] is False
 
+
+def board_python(folder):
+    """A stand-in for a board's own interpreter: logs each command line, then runs this one."""
+    python, log = folder / "board-python", folder / "board-python.log"
+    python.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    return python, log
+
+
+def test_the_child_runs_with_the_configured_interpreter(tmp_path):
+    python, log = board_python(tmp_path)
+    row = runner.run_cell(fake_spec(python=str(python)), tmp_path / "b3.parquet")
+    assert row["status"] == "ok"
+    assert log.read_text().startswith("-m alfred_edge.bench.child cell ")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO_ROOT
+from test_bench_runner import board_python
 from test_pipeline_reruns import copy_repo, finished_run, job_stats, planned, snakemake, tiny_config_text  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -41,16 +42,23 @@ def test_fleet_recipe_a_boards_cells_join_the_report(finished_run, tmp_path):
     shutil.copytree(finished_run / "models", board / "models", dirs_exist_ok=True)
     shutil.copytree(finished_run / "data/store/valid_seen", board / "data/store/valid_seen")
     shutil.copy2(finished_run / "data/store/vocab.json", board / "data/store/vocab.json")
+    # the board's own Python (bench.python) measures, whatever interpreter runs Snakemake
+    python, python_log = board_python(tmp_path)
+    on_board = f"bench={{host: board, python: {python}}}"
+    refused = snakemake(board, "-n", "--config", "bench={host: board, python: /no/such/python3}", check=False)
+    assert "bench.python '/no/such/python3' is not an executable" in refused
     # the README's command plans this host's whole sweep and nothing upstream of it
-    plan = snakemake(board, "-n", "-q", "rules", "--config", "bench={host: board}", "--allowed-rules",
+    plan = snakemake(board, "-n", "-q", "rules", "--config", on_board, "--allowed-rules",
                      "bench_roofline", "bench_flops", "bench", "bench_capacity", "aggregate", "--",
                      "reports/results.parquet")
     assert job_stats(plan) == {"bench_roofline": 1, "bench_flops": 2, "bench": 4, "bench_capacity": 4, "aggregate": 1}
     cell = "reports/bench/board/cells/lstm/int8_dynamic/cpu/mmap/b1.parquet"
     # on the board: only the benchmark rules, the copied models and store taken as they are
-    output = snakemake(board, "--cores", "2", "--config", "bench={host: board}",
+    output = snakemake(board, "--cores", "2", "--config", on_board,
                        "--allowed-rules", "bench_roofline", "bench_flops", "bench", "--", cell)
     assert "rule train" not in output and "rule preprocess" not in output
+    children = sorted(line.split()[2] for line in python_log.read_text().splitlines())
+    assert children == ["cell", "flops", "roofline"]
     # back home: copying the board's folder in reruns only the aggregation and the page
     home = shutil.copytree(finished_run, tmp_path / "home", symlinks=True)
     shutil.copytree(board / "reports/bench/board", home / "reports/bench/board")

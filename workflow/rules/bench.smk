@@ -35,11 +35,11 @@ rule bench_flops:
         BENCH_FLOPS,
     log:
         "logs/bench_flops/{model}.log",
-    threads: BENCH["threads"]
     resources:
         exclusive=1,
         disk_mb=1,
     params:
+        spec=get_bench_flops_spec,
         code=get_code_digest("scripts/flops.py", *BENCH_CODE, *BENCH_WORKLOAD_CODE),
     script:
         "../scripts/flops.py"

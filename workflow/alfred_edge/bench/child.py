@@ -29,7 +29,8 @@ def main(argv: list[str]) -> int:
     precision = ieee_fp32(torch, spec["device"])
     result = {}
     try:
-        measure = {"cell": measure_cell, "roofline": measure_roofline, "capacity": measure_capacity}[kind]
+        measure = {"cell": measure_cell, "roofline": measure_roofline, "capacity": measure_capacity,
+                   "flops": measure_flops}[kind]
         result = measure(spec, torch)
         result.setdefault("status", "ok")
     except BaseException as exc:  # every outcome becomes a row
@@ -104,6 +105,20 @@ def load_model_file(path: str, device):
     from alfred_edge.quantize import load_variant
 
     return load_variant(path, device)
+
+
+# --- FLOPs of a model (the pipeline's bench_flops job) ---------------------------------
+
+
+def measure_flops(spec: dict, torch) -> dict:
+    """roofline.episode_flops of the model on the first episode of every cell's pool,
+    counted once per model by the bench_flops job, in a child so that it runs with the
+    configured interpreter (bench.python) as the cells do."""
+    from alfred_edge.bench import workloads
+
+    model = load_model_file(spec["model_path"], "cpu")
+    first = workloads.store_batches(spec["store_dir"], 1, 2, "mmap")[0]
+    return {"flops": roofline.episode_flops(torch, model, first["lang"], first["lang_lengths"], first["frames"].float())}
 
 
 # --- one cell ----------------------------------------------------------------------------

@@ -50,14 +50,17 @@ def child_env(threads: int) -> dict:
 
 
 def run_child(kind: str, spec: dict, timeout_s: float, ram_limit_mb: float | None) -> ChildExit:
-    """Start the child, watch its time and RSS, reap it with wait4 (its ru_maxrss)."""
+    """Start the child, watch its time and RSS, reap it with wait4 (its ru_maxrss). The child
+    runs with spec["python"] where given (config bench.python: a board's Python beside its
+    PyTorch, when Snakemake itself runs on another), else with this interpreter."""
     with tempfile.TemporaryDirectory(prefix="alfred-bench-") as tmp:
         spec = dict(spec, progress_path=str(Path(tmp) / "progress.jsonl"))
         spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
         stderr = sys.stderr if _has_fileno(sys.stderr) else None
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "alfred_edge.bench.child", kind, str(spec_path), str(result_path)],
+        python = spec.get("python") or sys.executable
+        proc = subprocess.Popen([python, "-m", "alfred_edge.bench.child", kind, str(spec_path), str(result_path)],
                                 env=child_env(spec["threads"]), stdout=stderr, stderr=stderr)
         status, rusage, ended_by, peak_seen = _watch(proc, timeout_s, ram_limit_mb)
         wall = time.perf_counter() - start
