@@ -1,107 +1,125 @@
-"""Importing an ALFRED-format checkpoint (best_seen.pth) through the restricted unpickler."""
+"""Importing ALFRED's checkpoints (best_seen.pth) through the restricted unpickler: the golden
+checkpoints made by ALFRED's own code reproduce ALFRED's outputs, and nothing else is admitted."""
 import argparse
-import collections
+import json
 import sys
 import types
 
 import pytest
 import torch
 
-from alfred_edge.models import build_model
+from alfred_edge.data.vocab import vocab_text
 from alfred_edge.models.alfred_checkpoint import import_alfred_checkpoint, read_alfred_checkpoint
+from alfred_edge.train import import_model
 
-from model_inputs import one_thread, random_batch, tiny_vocab  # noqa: F401 (fixture)
-ALFRED_ARGS = dict(demb=16, dhid=24, dframe=40, pframe=300, vis_dropout=0.3, hstate_dropout=0.3,
-                   lang_dropout=0.0, input_dropout=0.0, attn_dropout=0.0, actor_dropout=0.0,
-                   subgoal_aux_loss_wt=0.1, pm_aux_loss_wt=0.1, seed=123, batch=8, lr=1e-4)
+from alfred_golden import CHECKPOINTS, cases, golden_checkpoint, numericalized
+from conftest import ALFRED_GOLDEN
+from model_inputs import one_thread  # noqa: F401 (fixture)
 
-
-def _fake_vocab_module():
-    """A module named `vocab` with a class `Vocab`, like the PyPI package ALFRED pickles."""
-    module = types.ModuleType("vocab")
-
-    class Vocab:
-        def __init__(self, words):
-            self._index2word = list(words)
-            self._word2index = {w: i for i, w in enumerate(words)}
-            self.counts = collections.Counter(words)
-
-    Vocab.__module__, Vocab.__qualname__ = "vocab", "Vocab"
-    module.Vocab = Vocab
-    return module
+TOLERANCE = 1e-5  # the fixture's README: alfred-edge's lstm within 1e-6 of ALFRED's outputs
 
 
-def _write_alfred(path, model, vocab, args, monkeypatch, legacy=False):
-    """torch.save a checkpoint as ALFRED's seq2seq.Module.save_model does, with `vocab.Vocab`
-    objects pickled from a fake `vocab` module that is gone again afterwards."""
-    module = _fake_vocab_module()
-    monkeypatch.setitem(sys.modules, "vocab", module)
-    ckpt = {
-        "metric": {"action_low_f1": 0.5},
-        "model": model.state_dict(),
-        "optim": torch.optim.Adam(model.parameters(), lr=1e-3).state_dict(),
-        "args": argparse.Namespace(**args),
-        "vocab": {kind: module.Vocab(vocab[kind]) for kind in ("word", "action_low", "action_high")},
-    }
-    # legacy: the pre-1.6 (non-zip) format that ALFRED's torch 1.1 wrote
-    torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
-    monkeypatch.delitem(sys.modules, "vocab")  # the importer must not need the package
+def case_batch(case: dict) -> dict:
+    keys = ("lang", "lang_lengths", "frames", "frame_lengths", "actions", "valid_interact")
+    return {key: case[key].float() if key == "frames" else case[key] for key in keys}
 
 
-@pytest.fixture(params=["zip", "legacy"])
-def alfred_file(request, tmp_path, monkeypatch):
-    vocab = tiny_vocab()
-    torch.manual_seed(0)
-    model = build_model("lstm", {**ALFRED_ARGS, "progress_monitor": True}, vocab).eval()
-    path = tmp_path / "best_seen.pth"
-    _write_alfred(path, model, vocab, ALFRED_ARGS, monkeypatch, legacy=request.param == "legacy")
-    return path, model, vocab
+def step_loop(model, batch):
+    """ALFRED's eval step loop: its own argmax fed back, a mask at every step.
+    -> action logits [B,T,A], mask logits [B,T,1,P,P]."""
+    state = model.encode(batch["lang"], batch["lang_lengths"])
+    logits, masks = [], []
+    for t in range(batch["frames"].shape[1]):
+        action_t, mask_t, state = model.step(state, batch["frames"][:, t])
+        logits.append(action_t)
+        masks.append(mask_t)
+    return torch.stack(logits, 1), torch.stack(masks, 1)
 
 
-def _outputs(model, batch):
+@pytest.fixture(scope="module", params=CHECKPOINTS)
+def imported(request):
+    assert "vocab" not in sys.modules  # ALFRED's vocab package is not needed
+    return import_alfred_checkpoint(ALFRED_GOLDEN / request.param)
+
+
+@pytest.mark.parametrize("name", ["b1", "b3"])
+def test_golden_checkpoints_reproduce_alfreds_outputs(imported, name):
+    case = cases()[name]
+    batch = case_batch(case)
     with torch.no_grad():
-        return model(batch, teacher_forcing=True)
+        forced = imported(batch, teacher_forcing=True)
+        free_logits, free_masks = step_loop(imported, batch)
+    torch.testing.assert_close(forced["action_logits"], case["tf_action_logits"], atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(forced["mask_logits"], case["tf_mask_logits_interact"], atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(free_logits, case["fr_action_logits"], atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(free_masks[case["fr_interact"]], case["fr_mask_logits_interact"],
+                               atol=TOLERANCE, rtol=0)
 
 
-def test_imported_checkpoint_reproduces_outputs_exactly(alfred_file):
-    path, exported, vocab = alfred_file
-    assert "vocab" not in sys.modules
-    imported = import_alfred_checkpoint(path)
-    assert imported.dec.progress_monitor and imported.config["dhid"] == ALFRED_ARGS["dhid"]
-    assert imported.dec.emb is imported.emb_action_low  # the tie survives the import
-    batch = random_batch(vocab, seed=3)
-    want, got = _outputs(exported, batch), _outputs(imported, batch)
-    for key in ("action_logits", "mask_logits", "subgoal", "progress"):
-        assert torch.equal(want[key], got[key]), key
+def test_imported_model_has_the_checkpoints_sizes_vocabulary_and_tie(imported):
+    sizes = torch.load(ALFRED_GOLDEN / "cases.pt", weights_only=True)["sizes"]
+    assert {key: imported.config[key] for key in sizes} == sizes
+    golden_vocab = numericalized()["vocab"]
+    assert imported.vocab_sizes == {kind: len(golden_vocab[kind]) for kind in ("word", "action_low")}
+    assert imported.dec.emb is imported.emb_action_low  # ALFRED's tied action embedding
 
 
-def test_import_reorders_embeddings_to_the_store_vocabulary(alfred_file):
-    path, exported, vocab = alfred_file
-    store_vocab = {kind: list(reversed(vocab[kind])) for kind in ("word", "action_low")}
-    imported = import_alfred_checkpoint(path, vocab=store_vocab)
-    word = vocab["word"][7]
-    new_id = store_vocab["word"].index(word)
-    assert torch.equal(imported.emb_word.weight[new_id], exported.emb_word.weight[7])
-    assert imported.dec.emb is imported.emb_action_low
-    assert torch.equal(imported.emb_action_low.weight[0], exported.emb_action_low.weight[-1])
+@pytest.fixture
+def golden_store(tmp_path):
+    """A store folder whose vocab.json is ALFRED's vocabulary of the golden checkpoint."""
+    (tmp_path / "vocab.json").write_text(vocab_text(numericalized()["vocab"]))
+    return tmp_path
 
 
-def test_import_refuses_an_action_the_checkpoint_lacks(alfred_file):
-    path, _, vocab = alfred_file
-    store_vocab = {"word": vocab["word"], "action_low": vocab["action_low"] + ["Teleport"]}
-    with pytest.raises(ValueError, match=r"best_seen.pth.*Teleport"):
-        import_alfred_checkpoint(path, vocab=store_vocab)
+def test_import_model_writes_the_checkpoint_unchanged(golden_store):
+    config = {"demb": 16, "dhid": 16, "dframe": 32, "init_from": str(ALFRED_GOLDEN / "best_seen.pth")}
+    import_model(config, golden_store, golden_store / "fp32.pt")
+    saved = torch.load(golden_store / "fp32.pt", weights_only=True)
+    original = golden_checkpoint("best_seen.pth")["model"]
+    assert saved["imported_from"] == config["init_from"] and set(saved["state_dict"]) == set(original)
+    for key, tensor in original.items():
+        assert saved["state_dict"][key].dtype == tensor.dtype and torch.equal(saved["state_dict"][key], tensor), key
 
 
-def test_import_names_mismatched_weights(alfred_file, tmp_path, monkeypatch):
-    _, model, vocab = alfred_file
-    bad = tmp_path / "bad.pth"
-    _write_alfred(bad, model, vocab, {**ALFRED_ARGS, "dframe": 48}, monkeypatch)  # weights: dframe 40
-    with pytest.raises(ValueError, match=r"bad.pth.*dec.vis_encoder.fc.weight"):
-        import_alfred_checkpoint(bad)
+def test_sizes_other_than_the_checkpoints_are_named(golden_store):
+    config = {"dhid": 512, "dframe": 32, "init_from": str(ALFRED_GOLDEN / "best_seen.pth")}
+    with pytest.raises(ValueError, match=r"models.lstm: .*best_seen.pth \(dhid: 512 in the config, 16 in the checkpoint\)"):
+        import_model(config, golden_store, golden_store / "fp32.pt")
+    assert not (golden_store / "fp32.pt").exists()
 
 
-def test_foreign_pickle_is_refused_without_running_it(tmp_path):
+def test_a_store_of_another_vocabulary_is_refused(golden_store):
+    vocab = json.loads((golden_store / "vocab.json").read_text())
+    vocab["word"].append("zebra")
+    (golden_store / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(ValueError, match=r"best_seen.pth: the store's vocabulary is not the checkpoint's"):
+        import_model({"init_from": str(ALFRED_GOLDEN / "best_seen.pth")}, golden_store, golden_store / "fp32.pt")
+
+
+def _pickled_class(module: str, name: str):
+    """A class that pickles as the global `module.name`."""
+    cls = type(name, (), {"__init__": lambda self, words: setattr(self, "_index2word", list(words))})
+    cls.__module__, cls.__qualname__ = module, name
+    return cls
+
+
+def test_a_vocab_class_of_another_name_is_refused(tmp_path, monkeypatch):
+    """Only `vocab.vocab.Vocab`, the class every PyPI release of `vocab` pickles, is admitted."""
+    fake = types.ModuleType("vocab")
+    fake.Vocab = _pickled_class("vocab", "Vocab")
+    monkeypatch.setitem(sys.modules, "vocab", fake)
+    ckpt = golden_checkpoint("best_seen.pth")
+    path = tmp_path / "best_seen.pth"
+    torch.save({**ckpt, "vocab": {kind: fake.Vocab(["<<pad>>"]) for kind in ("word", "action_low", "action_high")}},
+               path)
+    monkeypatch.delitem(sys.modules, "vocab")
+    with pytest.raises(ValueError, match=r"best_seen.pth: not a readable ALFRED checkpoint \(its pickle names "
+                                         r"vocab.Vocab, which is not admitted"):
+        read_alfred_checkpoint(path)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_a_foreign_global_is_refused_without_running_it(tmp_path, legacy):
     marker = tmp_path / "ran"
 
     class Evil:
@@ -109,8 +127,10 @@ def test_foreign_pickle_is_refused_without_running_it(tmp_path):
             return (open, (str(marker), "w"))
 
     path = tmp_path / "evil.pth"
-    torch.save({"model": {}, "args": Evil(), "vocab": {}}, path)
-    with pytest.raises(ValueError, match="evil.pth"):
+    torch.save({"model": {}, "args": argparse.Namespace(payload=Evil()), "vocab": {}}, path,
+               _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(ValueError, match=r"evil.pth: not a readable ALFRED checkpoint \(its pickle names "
+                                         r"(builtins|io).open, which is not admitted"):
         read_alfred_checkpoint(path)
     assert not marker.exists()
 
@@ -128,3 +148,10 @@ def test_a_plain_state_dict_is_not_an_alfred_checkpoint(tmp_path):
     torch.save({"weight": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match=r"weights.pth.*missing \['model', 'args', 'vocab'\]"):
         read_alfred_checkpoint(path)
+
+
+def test_a_checkpoint_without_alfreds_vocabularies_is_named(tmp_path):
+    path = tmp_path / "best_seen.pth"
+    torch.save({**golden_checkpoint("best_seen.pth"), "vocab": {"word": ["<<pad>>"]}}, path)
+    with pytest.raises(ValueError, match=r"best_seen.pth: its 'vocab' is not ALFRED's"):
+        import_alfred_checkpoint(path)

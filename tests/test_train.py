@@ -35,16 +35,30 @@ def test_training_writes_model_and_per_epoch_metrics(name, store, tmp_path):
     metrics = pd.read_parquet(tmp_path / "train_metrics.parquet")
     assert list(metrics["epoch"]) == [1, 2]
     for split in ("valid_seen", "valid_unseen"):
-        for metric in ("loss", "loss_action", "loss_mask", "action_acc", "action_f1", "action_em", "mask_iou"):
+        for metric in ("loss", "free_loss", "loss_action", "loss_mask", "action_acc", "action_f1", "action_em",
+                       "mask_iou"):
             assert metrics[f"{split}/{metric}"].notna().all(), (split, metric)
         assert metrics[f"{split}/action_acc"].between(0, 1).all()
-    best = metrics.loc[metrics["valid_seen/loss"].idxmin(), "epoch"]
+    best = metrics.loc[metrics["valid_seen/free_loss"].idxmin(), "epoch"]
     assert summary["best_epoch"] == best
     model = load_model(tmp_path / "fp32.pt", vocab_path=store / "vocab.json")
     scores = evaluate(model, store, batch_size=4)
     # The saved weights are the best epoch's: evaluating them again gives its row.
     assert scores["valid_seen/loss"] == pytest.approx(metrics.loc[best - 1, "valid_seen/loss"], rel=1e-5)
     assert torch.load(tmp_path / "fp32.pt", weights_only=True)["best_epoch"] == best
+
+
+def test_the_best_epoch_is_alfreds_lowest_free_running_loss(store, tmp_path, monkeypatch):
+    """ALFRED keeps the epoch whose valid_seen loss in eval mode (own argmax fed back) is lowest,
+    not the teacher-forced one: here the two disagree."""
+    import alfred_edge.train as train_module
+
+    per_epoch = [{"loss": 1.0, "free_loss": 3.0}, {"loss": 2.0, "free_loss": 1.0}, {"loss": 0.5, "free_loss": 2.0}]
+    calls = iter([metrics for metrics in per_epoch for _split in ("valid_seen", "valid_unseen")])
+    monkeypatch.setattr(train_module, "evaluate_loader", lambda *args, **kwargs: dict(next(calls)))
+    summary = run("lstm", store, tmp_path, epochs=3)
+    assert summary["best_epoch"] == 2
+    assert torch.load(tmp_path / "fp32.pt", weights_only=True)["best_epoch"] == 2
 
 
 def test_training_is_deterministic_for_a_seed(store, tmp_path):

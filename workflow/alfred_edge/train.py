@@ -5,8 +5,12 @@
 ALFRED's recipe: Adam, batches of annotations padded by the loader, the action loss plus the
 weighted mask loss on interaction steps (plus the progress-monitor losses when configured),
 evaluation on valid_seen and valid_unseen after every epoch, and the epoch with the lowest
-valid_seen loss kept (ALFRED's best_seen.pth). Deterministic for a given seed on CPU: the
-seed fixes the initial weights, the dropout masks and the shuffling.
+valid_seen loss in eval mode (the model's own argmax fed back, evaluate's `free_loss`) kept,
+as ALFRED keeps best_seen.pth. Deterministic for a given seed on CPU: the seed fixes the
+initial weights, the dropout masks and the shuffling.
+
+With `init_from` and `epochs: 0` nothing is trained: `import_model` writes the ALFRED
+checkpoint's weights unchanged as the model file.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from alfred_edge.models import build_model, save_model
 
 log = logging.getLogger(__name__)
 VALID_SPLITS = ("valid_seen", "valid_unseen")
-BEST_BY = "valid_seen/loss"
+BEST_BY = "valid_seen/free_loss"
 
 
 def make_model(name, model_config, vocab):
@@ -35,8 +39,20 @@ def make_model(name, model_config, vocab):
         from alfred_edge.models.sizes import architecture
 
         dropouts = {k: v for k, v in architecture("lstm", model_config).items() if k.endswith("dropout")}
-        return import_alfred_checkpoint(model_config["init_from"], vocab, overrides=dropouts).train()
+        return import_alfred_checkpoint(model_config["init_from"], model_config, vocab, overrides=dropouts).train()
     return build_model(name, model_config, vocab)
+
+
+def import_model(model_config, store_dir, model_path) -> None:
+    """models/lstm/fp32.pt holding the ALFRED checkpoint `init_from` as it is (rule
+    import_checkpoint): its weights and training arguments, for the store's vocabulary,
+    which must be the checkpoint's."""
+    from alfred_edge.data.vocab import load_vocab
+    from alfred_edge.models.alfred_checkpoint import import_alfred_checkpoint
+
+    source = model_config["init_from"]
+    model = import_alfred_checkpoint(source, model_config, load_vocab(Path(store_dir) / "vocab.json"))
+    save_model(model, model_path, imported_from=str(source))
 
 
 def sample_mask_steps(interact, k, generator):

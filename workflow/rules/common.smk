@@ -44,6 +44,8 @@ SYNTHETIC_SPLITS_FILE = "data/raw/synthetic/splits.json"
 DATA = config["data"]
 DATA_SPLITS = DATA["splits"]
 IS_SYNTHETIC = DATA["source"] == "synthetic"
+# An ALFRED checkpoint the lstm starts from: its vocabulary becomes the store's.
+VOCAB_CHECKPOINT = config["models"].get("lstm", {}).get("init_from")
 BUDGET_BYTES = int(config["storage"]["budget_gb"] * 1e9)
 try:
     RESERVED_BYTES = data_plan.reserved_bytes(
@@ -163,9 +165,7 @@ def get_report_eval_files():
 
 
 def get_report_training_files():
-    return expand(
-        "models/{model}/train_metrics.parquet", model=sorted(config["models"])
-    )
+    return expand("models/{model}/train_metrics.parquet", model=TRAINED_MODELS)
 
 
 def get_report_ram_budgets():
@@ -426,6 +426,17 @@ def get_model_init_inputs(wildcards):
     init_from = config["models"][wildcards.model].get("init_from")
     return [init_from] if init_from else []
 
+# epochs: 0 measures the init_from checkpoint as it is (rule import_checkpoint, no training).
+IMPORTED_MODELS = [
+    m for m in MODEL_NAMES if config["models"][m]["train"]["epochs"] == 0
+]
+TRAINED_MODELS = [m for m in MODEL_NAMES if m not in IMPORTED_MODELS]
+for _model in IMPORTED_MODELS:
+    if not config["models"][_model].get("init_from"):
+        raise WorkflowError(
+            f"config: models.{_model}.train.epochs is 0 (no training), but "
+            f"models.{_model}.init_from names no checkpoint to measure"
+        )
 
 def get_fp32_file_bytes(model):
     """fp32.pt from the parameter count (vocabulary sizes estimated before the vocab exists)."""

@@ -65,27 +65,53 @@ rule subset:
         "../scripts/subset.py"
 
 
-rule vocab:
-    input:
-        get_source_inputs,
-        subset="data/subset/train.json",
-    output:
-        "data/store/vocab.json",
-    log:
-        "logs/vocab/vocab.log",
-    resources:
-        disk_mb=1,
-    params:
-        root=get_source_root(),
-        on_bad_input=DATA["on_bad_input"],
-        code=get_code_digest(
-            "scripts/vocab.py",
-            "alfred_edge/data/vocab.py",
-            "alfred_edge/data/tokenize.py",
-            "alfred_edge/data/preprocess.py",
-        ),
-    script:
-        "../scripts/vocab.py"
+# The store's vocabulary: the checkpoint's own when the lstm starts from an ALFRED checkpoint
+# (so the store gives it ALFRED's ids), else built from the training subset.
+if VOCAB_CHECKPOINT:
+
+    rule vocab_from_checkpoint:
+        input:
+            VOCAB_CHECKPOINT,
+        output:
+            "data/store/vocab.json",
+        log:
+            "logs/vocab/vocab.log",
+        resources:
+            disk_mb=1,
+        params:
+            code=get_code_digest(
+                "scripts/vocab_from_checkpoint.py",
+                "alfred_edge/models/alfred_checkpoint.py",
+                "alfred_edge/data/vocab.py",
+                "alfred_edge/atomic.py",
+            ),
+        script:
+            "../scripts/vocab_from_checkpoint.py"
+
+else:
+
+    rule vocab:
+        input:
+            get_source_inputs,
+            subset="data/subset/train.json",
+        output:
+            "data/store/vocab.json",
+        log:
+            "logs/vocab/vocab.log",
+        resources:
+            disk_mb=1,
+        params:
+            root=get_source_root(),
+            on_bad_input=DATA["on_bad_input"],
+            code=get_code_digest(
+                "scripts/vocab.py",
+                "alfred_edge/data/vocab.py",
+                "alfred_edge/data/tokenize.py",
+                "alfred_edge/data/preprocess.py",
+                "alfred_edge/atomic.py",
+            ),
+        script:
+            "../scripts/vocab.py"
 
 
 # budget_bytes and planned_bytes take `input`, so Snakemake treats them as derived (no

@@ -1,4 +1,5 @@
-# train stage: one job per model -> models/{model}/fp32.pt + models/{model}/train_metrics.parquet.
+# train stage: one job per model -> models/{model}/fp32.pt + models/{model}/train_metrics.parquet,
+# or, for a model with epochs: 0, the init_from checkpoint as it is -> models/{model}/fp32.pt.
 # Settings per model from common.smk ("# --- models ---").
 
 
@@ -15,7 +16,7 @@ rule train:
     log:
         "logs/train/{model}.log",
     wildcard_constraints:
-        model="|".join(MODEL_NAMES),
+        model="|".join(TRAINED_MODELS) or "(?!)",
     threads: workflow.cores
     resources:
         disk_mb=get_train_disk_mb,
@@ -34,3 +35,28 @@ rule train:
         ),
     script:
         "../scripts/train.py"
+
+
+rule import_checkpoint:
+    input:
+        checkpoint=get_model_init_inputs,
+        vocab="data/store/vocab.json",
+    output:
+        model="models/{model}/fp32.pt",
+    log:
+        "logs/import_checkpoint/{model}.log",
+    wildcard_constraints:
+        model="|".join(IMPORTED_MODELS) or "(?!)",
+    resources:
+        disk_mb=get_train_disk_mb,
+    params:
+        settings=get_model_settings,
+        code=get_code_digest(
+            "scripts/import_checkpoint.py",
+            "alfred_edge/train.py",
+            "alfred_edge/models",
+            "alfred_edge/data/vocab.py",
+            "alfred_edge/atomic.py",
+        ),
+    script:
+        "../scripts/import_checkpoint.py"
