@@ -1,6 +1,7 @@
 # train stage: one job per model -> models/{model}/fp32.pt + models/{model}/train_metrics.parquet,
 # or, for a model with epochs: 0, the init_from checkpoint as it is -> models/{model}/fp32.pt.
 # Settings per model from common.smk ("# --- models ---").
+import os
 
 
 rule train:
@@ -17,7 +18,9 @@ rule train:
         "logs/train/{model}.log",
     wildcard_constraints:
         model="|".join(TRAINED_MODELS) or "(?!)",
-    threads: workflow.cores
+    # Every core Snakemake gives it: it lowers a job's threads to --cores. (workflow.cores
+    # would make --cores compulsory on every command, --unlock and --report included.)
+    threads: os.cpu_count()
     resources:
         disk_mb=get_train_disk_mb,
         exclusive=1,  # training saturates the CPU: never beside a benchmark
