@@ -61,7 +61,8 @@ def failure_columns(exc: BaseException, torch) -> dict:
     unavailable = _variant_unavailable_class()
     if isinstance(exc, DeviceAbsent) or (unavailable and isinstance(exc, unavailable)):
         return {"status": "skipped", "error": str(exc)}
-    # torch.cuda's name: the top-level torch.OutOfMemoryError is missing before torch 2.5
+    # torch.cuda's name, there since torch 1.13: torch.OutOfMemoryError came in April 2024
+    # (pytorch#121702), so wheels built from an older tree lack it
     if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or (
             isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
         return {"status": "oom", "error": f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]}
