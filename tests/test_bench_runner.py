@@ -97,8 +97,9 @@ def test_memory_error_and_cuda_messages_are_oom():
 
 
 def test_cuda_oom_is_classified_on_a_torch_without_the_top_level_class(monkeypatch):
-    """torch < 2.5 has torch.cuda.OutOfMemoryError only: the fake model's fault and the
-    classification both use that name, and the class (not the message) makes it an oom."""
+    """A torch built before the top-level class (pytorch#121702) has torch.cuda.OutOfMemoryError
+    only: the fake model's fault and the classification both use that name, and the class
+    (not the message) makes it an oom."""
     monkeypatch.delattr(torch, "OutOfMemoryError", raising=False)
     with pytest.raises(torch.cuda.OutOfMemoryError) as info:
         child.measure_cell(fake_spec(fault="cuda_oom"), torch)
