@@ -59,11 +59,13 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def build_store(tree: Path, splits_file: Path, out: Path, splits=DATA_SPLITS, dtype="float16",
-                on_bad_input="skip", budget_bytes=10**12, vocab_of=None) -> dict:
+                on_bad_input="skip", budget_bytes=10**12, vocab_of=None, vocab=None) -> dict:
     """manifest -> subset (all) -> vocab -> preprocess, as the rules run them; returns
     {split: meta} and leaves out/<split>/ and out/vocab.json. vocab_of: an ALFRED checkpoint
-    whose vocabulary is the store's (models.lstm.init_from), else it is built from train."""
-    from alfred_edge.data import manifest, preprocess, store, subset, vocab
+    whose vocabulary is the store's (models.lstm.init_from); vocab: the vocabulary itself;
+    else it is built from train."""
+    from alfred_edge.data import manifest, preprocess, store, subset
+    from alfred_edge.data.vocab import build_vocab, vocab_text
 
     rows = manifest.scan_tree(tree, splits_file, list(splits))
     out.mkdir(parents=True, exist_ok=True)
@@ -74,15 +76,16 @@ def build_store(tree: Path, splits_file: Path, out: Path, splits=DATA_SPLITS, dt
     if vocab_of is not None:
         from alfred_edge.models.alfred_checkpoint import read_checkpoint_vocab
 
-        (out / "vocab.json").write_text(vocab.vocab_text(read_checkpoint_vocab(vocab_of)))
-    else:
+        vocab = read_checkpoint_vocab(vocab_of)
+    elif vocab is None:
         readable = []
         for entry in docs["train"]["trajectories"]:
             try:
                 readable.append(preprocess.read_traj(tree / "train" / entry["task"] / "traj_data.json"))
             except preprocess.BadInput:
                 pass
-        (out / "vocab.json").write_text(vocab.vocab_text(vocab.build_vocab(readable)))
+        vocab = build_vocab(readable)
+    (out / "vocab.json").write_text(vocab_text(vocab))
     metas = {}
     for split in splits:
         frames = sum(t["n_frames"] for t in docs[split]["trajectories"])

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from alfred_edge.data import store
-from alfred_edge.data.preprocess import BadInput, StorageError, preprocess_split
+from alfred_edge.data.budget import StorageError
+from alfred_edge.data.preprocess import BadInput, preprocess_split
 from conftest import REPO_ROOT, build_store, frames_of, make_synthetic_tree, tree_digest
 
 VICTIM = 1  # index of the damaged training trajectory
@@ -142,7 +143,7 @@ def test_refuses_over_budget_and_over_free_space(tree, tmp_path):
         preprocess_split(**_preprocess_args(tmp_path, root, splits_file, budget_bytes=10**6, planned_bytes=2 * 10**6))
     with pytest.raises(StorageError, match="free"):
         preprocess_split(**_preprocess_args(tmp_path, root, splits_file, budget_bytes=10**18, planned_bytes=10**17))
-    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+    assert not (tmp_path / "store" / "train").exists() and not list((tmp_path / "store").glob(".train.tmp-*"))
 
 
 def test_killed_preprocess_leaves_no_store(tree, tmp_path):
@@ -178,3 +179,32 @@ p.preprocess_split(**{{k: pathlib.Path(v) if k in paths else v for k, v in args.
     meta = preprocess_split(**args)
     assert out_dir.is_dir() and meta["n_trajectories"] == 5
     assert not list(out_dir.parent.glob(".train.tmp-*"))
+
+
+def test_uint8_store_records_the_negative_values_it_clips(tree, tmp_path, caplog):
+    root, splits_file, specs, originals = tree
+    feat = originals[specs[VICTIM].task].clone()
+    feat[0, :4, 0, 0] = torch.tensor([-0.5, -1.25, -2.0, -0.1])
+    torch.save(feat, root / "train" / specs[VICTIM].task / "feat_conv.pt")
+    with caplog.at_level(logging.WARNING, logger="alfred_edge"):
+        meta = build_store(root, splits_file, tmp_path / "store", splits=["train"], dtype="uint8")["train"]
+    assert meta["n_rejected"] == 0
+    assert meta["uint8_clipped_values"] == 4 and meta["uint8_largest_clip"] == pytest.approx(2.0)
+    assert "train: 4 negative feature values clipped to 0 in the uint8 store (largest error 2)" in caplog.text
+
+
+def test_a_training_subset_without_an_action_keeps_the_trajectories_that_have_it(real_tree, tmp_path):
+    """The action vocabulary is ALFRED's fixed set: a valid trajectory is never refused for an
+    action the sampled training trajectories happen to lack."""
+    from alfred_edge.data import vocab
+    from alfred_edge.data.preprocess import read_traj
+
+    tree, splits_file = real_tree
+    train = [read_traj(path) for path in sorted((tree / "train").glob("*/*/traj_data.json"))]
+    without_slice = [t for t in train if all(a["discrete_action"]["action"] != "SliceObject"
+                                             for a in t["plan"]["low_actions"])]
+    assert len(without_slice) < len(train)
+    built = vocab.build_vocab(without_slice[:2])
+    assert built["action_low"] == vocab.ACTION_SPECIALS + vocab.LOW_ACTIONS
+    meta = build_store(tree, splits_file, tmp_path, splits=["train"], vocab=built)["train"]
+    assert meta["n_rejected"] == 0 and meta["n_trajectories"] == len(train)

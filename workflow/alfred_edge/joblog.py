@@ -1,11 +1,17 @@
 """Logging for pipeline jobs: each script sends its log (and its progress bars) to the
-job's log file under logs/, and an uncaught error ends up there with its message."""
+job's log file under logs/, and an uncaught error ends up there with its message. A JobError
+(bad input, a store over the budget) is the user's to fix, not a bug: it is reported in one
+line, which names the file or setting, without a traceback."""
 from __future__ import annotations
 
 import logging
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+
+class JobError(Exception):
+    """A failure whose message says what to fix (naming the file or setting)."""
 
 
 @contextmanager
@@ -25,6 +31,10 @@ def job_logging(snakemake):
         )
         try:
             yield logging.getLogger("alfred_edge")
+        except JobError as error:
+            logging.getLogger("alfred_edge").error("%s", error)
+            print(error, file=old_stderr)
+            raise SystemExit(1) from None
         except Exception:
             logging.getLogger("alfred_edge").exception("job failed")
             raise

@@ -29,8 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from alfred_edge.data import store
-
-MASK_SIZE = 300
+from alfred_edge.data.store import MASK_SIZE
 
 
 def read_annotations(path: Path, first: int | None = None) -> pa.Table:

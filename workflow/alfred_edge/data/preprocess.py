@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,15 @@ import pandas as pd
 
 from alfred_edge import atomic
 from alfred_edge.data import store
+from alfred_edge.data.budget import reservation
 from alfred_edge.data.tokenize import tokenize
 from alfred_edge.data.vocab import ACTION_STOP, GOAL, NON_INTERACT, PAD, STOP_WORD, index, load_vocab
+from alfred_edge.joblog import JobError
 
 log = logging.getLogger("alfred_edge.data.preprocess")
 
 
-class BadInput(Exception):
+class BadInput(JobError):
     """One trajectory cannot be used: `path` names the file (or folder), `reason` says why."""
 
     def __init__(self, path: Path, reason: str):
@@ -46,12 +49,9 @@ class BadInput(Exception):
 UNKNOWN_WORDS_LISTED = 100  # meta.json names this many of a split's words the vocabulary lacks
 
 
-class StorageError(RuntimeError):
-    pass
-
-
 def read_traj(json_path: Path) -> dict:
-    """Parse and check a train/valid traj_data.json (raises BadInput)."""
+    """Parse and check a train/valid traj_data.json (raises BadInput): the keys preprocessing
+    reads, with the types it needs."""
     if not json_path.parent.is_dir():
         raise BadInput(json_path.parent, "trajectory folder does not exist (named in the splits file)")
     try:
@@ -63,14 +63,19 @@ def read_traj(json_path: Path) -> dict:
     try:
         lows, highs, anns = traj["plan"]["low_actions"], traj["plan"]["high_pddl"], traj["turk_annotations"]["anns"]
         for i, low in enumerate(lows):
-            low["high_idx"], low["discrete_action"]["action"]
-            if not low["discrete_action"]["action"].startswith(NON_INTERACT):
+            _expect(json_path, f"plan.low_actions[{i}].high_idx", low["high_idx"], int)
+            action = _expect(json_path, f"plan.low_actions[{i}].discrete_action.action",
+                             low["discrete_action"]["action"], str)
+            if not action.startswith(NON_INTERACT):
                 low["discrete_action"]["args"]["mask"], low["discrete_action"]["args"]["bbox"]
-        for high in highs:
-            high["discrete_action"]["action"], high["high_idx"]
+        for i, high in enumerate(highs):
+            _expect(json_path, f"plan.high_pddl[{i}].discrete_action.action", high["discrete_action"]["action"], str)
+            _expect(json_path, f"plan.high_pddl[{i}].high_idx", high["high_idx"], int)
         highs[-1]["planner_action"]["action"]
-        for ann in anns:
-            ann["task_desc"], ann["high_descs"]
+        for r, ann in enumerate(anns):
+            _expect(json_path, f"turk_annotations.anns[{r}].task_desc", ann["task_desc"], str)
+            for d, desc in enumerate(_expect(json_path, f"turk_annotations.anns[{r}].high_descs", ann["high_descs"], list)):
+                _expect(json_path, f"turk_annotations.anns[{r}].high_descs[{d}]", desc, str)
     except (KeyError, TypeError, IndexError) as err:
         raise BadInput(json_path, f"lacks key {err} (in plan.low_actions/high_pddl or turk_annotations)") from None
     if not lows:
@@ -78,9 +83,40 @@ def read_traj(json_path: Path) -> dict:
     return traj
 
 
+def _expect(json_path: Path, where: str, value, kind: type):
+    """value if it is a `kind` (a bool is no int), else BadInput naming the key."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadInput(json_path, f"{where} is {value!r}, not {'an integer' if kind is int else 'a ' + kind.__name__}")
+    return value
+
+
+def mask_runs(mask, json_path: Path, step: int) -> np.ndarray:
+    """ALFRED's run-length mask [[start, length], ...] over the 300x300 frame as int32 [n, 2]
+    (raises BadInput when it is not one)."""
+    try:
+        runs = np.array(mask)
+    except ValueError:  # ragged lists
+        runs = None
+    if not (runs is not None and runs.ndim == 2 and runs.shape[1] == 2 and len(runs) and runs.dtype.kind in "iu"
+            and (runs[:, 0] >= 0).all() and (runs[:, 1] >= 1).all() and (runs.sum(1) <= store.MASK_SIZE ** 2).all()):
+        raise BadInput(json_path, f"plan.low_actions[{step}]'s mask is not run-length pairs [start, length] "
+                                  f"within {store.MASK_SIZE}x{store.MASK_SIZE} pixels")
+    return runs.astype(np.int32)
+
+
+def bbox_corners(bbox, json_path: Path, step: int) -> list[int]:
+    """[x1, y1, x2, y2]; ALFRED's 'NULL' corners are -1, as its preprocessing reads them."""
+    corners = [-1 if v == "NULL" else v for v in bbox] if isinstance(bbox, list) else None
+    if corners is None or len(corners) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       and -1 <= v <= store.MASK_SIZE for v in corners):
+        raise BadInput(json_path, f"plan.low_actions[{step}]'s bbox is {bbox!r}, not [x1, y1, x2, y2] in pixels")
+    return [int(v) for v in corners]
+
+
 def read_features(feat_path: Path, traj: dict):
-    """float32 tensor [len(plan.low_actions)+1, 512, 7, 7], checked (raises BadInput): the
-    file as is (json_feat), or ALFRED's frames of a full_2.1.0 file (`full_layout_frames`)."""
+    """(float32 tensor [len(plan.low_actions)+1, 512, 7, 7], the file's dtype), checked
+    (raises BadInput): the file as is (json_feat), or ALFRED's frames of a full_2.1.0 file
+    (`full_layout_frames`). Other float dtypes are converted; integer ones are refused."""
     import torch
 
     if not feat_path.exists():
@@ -91,15 +127,17 @@ def read_features(feat_path: Path, traj: dict):
         raise BadInput(feat_path, f"cannot be read (truncated or not a torch file): {type(err).__name__}: {err}") from None
     if not isinstance(feat, torch.Tensor):
         raise BadInput(feat_path, f"holds a {type(feat).__name__}, not a tensor")
+    if not feat.is_floating_point():
+        raise BadInput(feat_path, f"holds {str(feat.dtype).removeprefix('torch.')} values, expected float32 features")
     if feat.dim() != 4 or tuple(feat.shape[1:]) != store.FRAME_SHAPE:
         raise BadInput(feat_path, f"has shape {list(feat.shape)}, expected [n_frames, 512, 7, 7]")
     n_steps = len(traj["plan"]["low_actions"]) + 1
     if feat.shape[0] != n_steps:
         feat = feat[full_layout_frames(feat_path, feat.shape[0], traj)]
-    low, high = torch.aminmax(feat)  # NaN and +-inf show in these (one fast pass; isfinite is slower)
+    low, high = torch.aminmax(feat.detach())  # NaN and +-inf show in these (one fast pass; isfinite is slower)
     if not (torch.isfinite(low) and torch.isfinite(high)):
         raise BadInput(feat_path, "holds NaN or infinite values")
-    return feat.float()
+    return feat.detach().float(), str(feat.dtype).removeprefix("torch.")
 
 
 def full_layout_frames(feat_path: Path, n_frames: int, traj: dict) -> list[int]:
@@ -125,13 +163,14 @@ def full_layout_frames(feat_path: Path, n_frames: int, traj: dict) -> list[int]:
     return [first[t] for t in range(n_low)] + [n_frames - 1]
 
 
-def to_store_dtype(feat, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """float32 tensor -> (frames in the store dtype, per-channel scale for uint8 else None)."""
+def to_store_dtype(feat, dtype: str) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """float32 tensor -> (frames in the store dtype, per-channel scale for uint8 else None,
+    values clipped: the negative ones, which uint8 cannot hold)."""
     import torch
 
     if dtype == "uint8":
-        return store.quantize_uint8(feat.numpy())
-    return feat.to(getattr(torch, dtype)).contiguous().numpy(), None
+        return *store.quantize_uint8(feat.numpy()), int((feat < 0).sum())
+    return feat.to(getattr(torch, dtype)).contiguous().numpy(), None, 0
 
 
 def _words(text: str, word_index: dict[str, int], unknown: list[str]) -> list[int]:
@@ -181,11 +220,13 @@ def annotation_rows(traj: dict, repeat_idx: list[int], vocab: dict, traj_idx: in
     names = [low["discrete_action"]["action"] for low in lows]
     unknown = sorted(set(names) - set(action_index))
     if unknown:
-        raise BadInput(json_path, f"low actions {unknown} are not in the training vocabulary")
+        raise BadInput(json_path, f"low actions {unknown} are not in the store's vocabulary (vocab.json)")
     actions = [action_index[n] for n in names] + [ACTION_STOP]
     interact = [not n.startswith(NON_INTERACT) for n in names] + [False]
-    args = [low["discrete_action"]["args"] for low, keep in zip(lows, interact) if keep]
-    runs = [np.asarray(a["mask"], dtype=np.int32).reshape(-1, 2) for a in args]
+    steps = [t for t, keep in enumerate(interact) if keep]
+    args = [lows[t]["discrete_action"]["args"] for t in steps]
+    runs = [mask_runs(a["mask"], json_path, t) for a, t in zip(args, steps)]
+    bboxes = [bbox_corners(a["bbox"], json_path, t) for a, t in zip(args, steps)]
     stop_word = word_index[STOP_WORD]
     anns = traj["turk_annotations"]["anns"]
     rows = []
@@ -204,27 +245,9 @@ def annotation_rows(traj: dict, repeat_idx: list[int], vocab: dict, traj_idx: in
             "valid_interact": np.array(interact, dtype=bool),
             "mask_rle": np.concatenate(runs).reshape(-1) if runs else np.zeros(0, np.int32),
             "mask_pairs": np.array([len(x) for x in runs], dtype=np.int32),
-            "bboxes": np.array([a["bbox"] for a in args], dtype=np.int16).reshape(-1),
+            "bboxes": np.array(bboxes, dtype=np.int16).reshape(-1),
         })
     return rows
-
-
-def check_storage(out_dir: Path, planned_bytes: int, budget_bytes: int) -> None:
-    """Refuse (before writing anything) when this store plus the other stores already
-    written would exceed the budget, or when the file system lacks the space."""
-    parent = out_dir.parent
-    others = sum(f.stat().st_size for d in parent.glob("*") if d.is_dir() and d.name != out_dir.name
-                 and not d.name.startswith(".") for f in d.rglob("*") if f.is_file()) if parent.exists() else 0
-    if others + planned_bytes > budget_bytes:
-        raise StorageError(
-            f"{out_dir}: the store needs {planned_bytes / 1e9:.2f} GB and the other stores take "
-            f"{others / 1e9:.2f} GB, over storage.budget_gb = {budget_bytes / 1e9:.2f} GB; lower "
-            f"data.subset (or use data.subset.mode: budget, or data.store_dtype: uint8). See reports/storage_plan.md")
-    probe = parent if parent.exists() else Path(".")
-    free = shutil.disk_usage(probe).free
-    if planned_bytes > free:
-        raise StorageError(f"{out_dir}: the store needs {planned_bytes / 1e9:.2f} GB, the file system "
-                           f"holding {probe.resolve()} has {free / 1e9:.2f} GB free")
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
@@ -252,57 +275,93 @@ def _read_ahead(load, entries: list[dict], workers: int = 2, depth: int = 4):
 def preprocess_split(split: str, subset_path: Path, vocab_path: Path, root: Path, out_dir: Path,
                      dtype: str, on_bad_input: str, planned_bytes: int, budget_bytes: int,
                      progress: bool = True) -> dict:
-    """Write data/store/<split>/; returns its meta.json content."""
-    from tqdm import tqdm
-
+    """Write data/store/<split>/; returns its meta.json content. Raises BadInput (fail), or
+    JobError when the split has no trajectory to store."""
     subset = json.loads(Path(subset_path).read_text())
     vocab = load_vocab(vocab_path)
     out_dir, root = Path(out_dir), Path(root)
-    check_storage(out_dir, planned_bytes, budget_bytes)
-    if out_dir.parent.exists():
+    if not subset["trajectories"]:
+        raise JobError(f"{split}: {subset_path} selects no trajectory (data.subset, or the splits file)")
+    with reservation(out_dir, planned_bytes, budget_bytes):
         _remove_stale_temporaries(out_dir)
+        meta = _write_store(split, subset, vocab, vocab_path, root, out_dir, dtype, on_bad_input, progress)
+    if meta["n_rejected"]:
+        log.warning("%s: %d trajectories rejected (listed in %s)", split, meta["n_rejected"], out_dir / store.REJECTED)
+    if meta["n_unknown_word_tokens"]:
+        log.warning("%s: %d of %d word tokens are not in %s and are read as <<pad>> (e.g. %s)", split,
+                    meta["n_unknown_word_tokens"], meta["n_word_tokens"], vocab_path, meta["unknown_words"][:5])
+    for source, count in meta["converted_features"].items():
+        log.warning("%s: %d feat_conv.pt files hold %s values, converted to float32", split, count, source)
+    if meta["uint8_clipped_values"]:
+        log.warning("%s: %d negative feature values clipped to 0 in the uint8 store (largest error %.3g); "
+                    "data.store_dtype float16 keeps them", split, meta["uint8_clipped_values"], meta["uint8_largest_clip"])
+    log.info("%s: %d trajectories, %d annotations, %d frames (%s)", split, meta["n_trajectories"],
+             meta["n_annotations"], meta["n_frames"], dtype)
+    return meta
 
-    def load(entry: dict):
-        """Everything one trajectory contributes (run ahead in threads: reading and
-        converting release the GIL, so the next files load while this one is written)."""
-        folder = root / split / entry["task"]
-        traj = read_traj(folder / "traj_data.json")
+
+def load_trajectory(folder: Path, entry: dict, vocab: dict, dtype: str) -> dict:
+    """Everything one trajectory contributes to the store; any flaw of its files, foreseen or
+    not, is a BadInput naming the file (or the folder)."""
+    json_path, feat_path = folder / "traj_data.json", folder / "feat_conv.pt"
+    try:
+        traj = read_traj(json_path)
         unknown = []
-        rows = annotation_rows(traj, entry["repeat_idx"], vocab, -1, entry["task"], folder / "traj_data.json", unknown)
-        feat = read_features(folder / "feat_conv.pt", traj)
-        return rows, unknown, *to_store_dtype(feat, dtype), (folder / "feat_conv.pt").stat().st_size
+        rows = annotation_rows(traj, entry["repeat_idx"], vocab, -1, entry["task"], json_path, unknown)
+        feat, source_dtype = read_features(feat_path, traj)
+        frames, scale, clipped = to_store_dtype(feat, dtype)
+    except BadInput:
+        raise
+    except Exception as err:  # a flaw no check above foresaw: still this trajectory's, not the job's
+        raise BadInput(folder, f"cannot be preprocessed ({type(err).__name__}: {err})") from err
+    return {"rows": rows, "unknown": unknown, "frames": frames, "scale": scale, "source_dtype": source_dtype,
+            "clipped": clipped, "largest_clip": float(-feat.min()) if clipped else 0.0,
+            "feat_bytes": feat_path.stat().st_size}
 
-    trajectories, annotations, rejected, unknown_words = [], [], [], []
-    n_frames, raw_bytes, scales = 0, 0, []
+
+def _write_store(split, subset, vocab, vocab_path, root, out_dir, dtype, on_bad_input, progress) -> dict:
+    from tqdm import tqdm
+
+    trajectories, annotations, rejected, unknown_words, scales = [], [], [], [], []
+    converted, n_frames, raw_bytes, clipped, largest_clip = Counter(), 0, 0, 0, 0.0
     with atomic.atomic_path(out_dir, directory=True) as tmp, open(tmp / store.FRAMES, "wb") as frames_file:
         frames_file.write(store.npy_header(dtype, 0))
-        loaded = _read_ahead(load, subset["trajectories"])
+        loaded = _read_ahead(lambda entry: load_trajectory(root / split / entry["task"], entry, vocab, dtype),
+                             subset["trajectories"])
         for entry, result in tqdm(loaded, total=len(subset["trajectories"]), desc=f"preprocess {split}",
                                   unit="traj", disable=not progress):
             try:
-                rows, unknown, frames, scale, feat_bytes = result.result()
+                item = result.result()
             except BadInput as bad:
                 if on_bad_input == "fail":
                     raise
                 rejected.append({"split": split, "task": entry["task"], "path": str(bad.path), "reason": bad.reason})
                 continue
+            frames = item["frames"]
             frames_file.write(memoryview(frames).cast("B"))
-            if scale is not None:
-                scales.append(scale)
-            for row in rows:
+            if item["scale"] is not None:
+                scales.append(item["scale"])
+            for row in item["rows"]:
                 row["traj_idx"] = len(trajectories)
             trajectories.append({"traj_idx": len(trajectories), "task": entry["task"],
                                  "task_type": entry["task_type"], "frame_offset": n_frames,
                                  "n_frames": len(frames), "n_low_actions": len(frames) - 1})
-            annotations += rows
-            unknown_words += unknown
+            annotations += item["rows"]
+            unknown_words += item["unknown"]
+            if item["source_dtype"] != "float32":
+                converted[item["source_dtype"]] += 1
+            clipped += item["clipped"]
+            largest_clip = max(largest_clip, item["largest_clip"])
             n_frames += len(frames)
-            raw_bytes += feat_bytes
+            raw_bytes += item["feat_bytes"]
+        if not trajectories:
+            examples = "; ".join(f"{r['path']}: {r['reason']}" for r in rejected[:3])
+            raise JobError(f"{split}: every one of its {len(rejected)} trajectories was rejected ({examples})")
         frames_file.seek(0)
         frames_file.write(store.npy_header(dtype, n_frames))
         frames_file.close()
         if dtype == "uint8":
-            np.save(tmp / store.SCALES, np.stack(scales) if scales else np.zeros((0, 512), np.float32))
+            np.save(tmp / store.SCALES, np.stack(scales))
         atomic.write_parquet(pd.DataFrame(trajectories, columns=["traj_idx", "task", "task_type", "frame_offset",
                                                                  "n_frames", "n_low_actions"]), tmp / store.TRAJECTORIES)
         atomic.write_parquet(pd.DataFrame(annotations, columns=list(store.ANNOTATION_COLUMNS)), tmp / store.ANNOTATIONS)
@@ -317,14 +376,8 @@ def preprocess_split(split: str, subset_path: Path, vocab_path: Path, root: Path
             "n_word_tokens": sum(len(r["lang_goal"]) + len(r["lang_instr"]) for r in annotations),
             "n_unknown_word_tokens": len(unknown_words),
             "unknown_words": sorted(set(unknown_words))[:UNKNOWN_WORDS_LISTED],
+            "converted_features": dict(sorted(converted.items())),
+            "uint8_clipped_values": clipped, "uint8_largest_clip": largest_clip,
         }
         atomic.write_text(tmp / store.META, json.dumps(meta, indent=1))
-    if rejected:
-        log.warning("%s: %d trajectories rejected (listed in %s)", split, len(rejected), out_dir / store.REJECTED)
-    if unknown_words:
-        log.warning("%s: %d of %d word tokens (%d distinct words, e.g. %s) are not in %s and are read as <<pad>>",
-                    split, len(unknown_words), meta["n_word_tokens"], len(set(unknown_words)),
-                    meta["unknown_words"][:5], vocab_path)
-    log.info("%s: %d trajectories, %d annotations, %d frames (%s)", split, len(trajectories),
-             len(annotations), n_frames, dtype)
     return meta

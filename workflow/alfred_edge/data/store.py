@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 FRAME_SHAPE = (512, 7, 7)
+MASK_SIZE = 300  # ALFRED's frames and interaction masks are 300x300
 FRAME_VALUES = 512 * 7 * 7
 FRAMES, SCALES, META = "frames.npy", "scales.npy", "meta.json"
 TRAJECTORIES, ANNOTATIONS, REJECTED = "trajectories.parquet", "annotations.parquet", "rejected.parquet"

@@ -6,7 +6,9 @@ Built as ALFRED's data/preprocess.py builds them, from the training subset:
     word:        <<pad>>=0 <<seg>>=1 <<goal>>=2, then the words in order of first appearance,
                  annotation by annotation: the goal's tokens, <<goal>>, each instruction's
                  tokens, <<stop>> (so <<stop>> gets the id where it first appears)
-    action_low:  <<pad>>=0 <<seg>>=1 <<stop>>=2, then the low actions in order of first appearance
+    action_low:  <<pad>>=0 <<seg>>=1 <<stop>>=2, then ALFRED's 12 low actions (in the order of its
+                 vocabulary of the full dataset), then any other action in order of appearance:
+                 fixed, so that no subset of the data can leave a valid action out
     action_high: <<pad>>=0 <<seg>>=1 <<stop>>=2, then the high actions (GotoLocation, ...,
                  NoOp) in order of first appearance (ALFRED also adds the object arguments;
                  no model uses them, so they are left out)
@@ -30,6 +32,8 @@ PAD, GOAL, ACTION_STOP = 0, 2, 2
 WORD_SPECIALS = ["<<pad>>", "<<seg>>", "<<goal>>"]
 ACTION_SPECIALS = ["<<pad>>", "<<seg>>", "<<stop>>"]
 STOP_WORD = "<<stop>>"
+LOW_ACTIONS = ["LookDown_15", "MoveAhead_25", "RotateLeft_90", "PickupObject", "SliceObject", "LookUp_15",
+               "RotateRight_90", "OpenObject", "PutObject", "CloseObject", "ToggleObjectOn", "ToggleObjectOff"]
 KINDS = ("word", "action_low", "action_high")
 NON_INTERACT = ("MoveAhead", "Rotate", "Look", "<<stop>>", "<<pad>>", "<<seg>>")  # ALFRED's has_interaction
 
@@ -51,7 +55,7 @@ def annotation_words(ann: dict) -> list[str]:
 
 def build_vocab(trajectories: Iterable[dict]) -> dict[str, list[str]]:
     """From parsed training traj_data.json dicts, in a fixed order."""
-    vocab = {"word": list(WORD_SPECIALS), "action_low": list(ACTION_SPECIALS),
+    vocab = {"word": list(WORD_SPECIALS), "action_low": ACTION_SPECIALS + LOW_ACTIONS,
              "action_high": list(ACTION_SPECIALS)}
     seen = {kind: {t: i for i, t in enumerate(tokens)} for kind, tokens in vocab.items()}
     for traj in trajectories:
