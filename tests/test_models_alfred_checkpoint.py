@@ -49,9 +49,11 @@ def test_golden_checkpoints_reproduce_alfreds_outputs(imported, name):
     with torch.no_grad():
         forced = imported(batch, teacher_forcing=True)
         free_logits, free_masks = step_loop(imported, batch)
+        free_forward = imported(batch, teacher_forcing=False)  # what evaluate's free_loss reads
     torch.testing.assert_close(forced["action_logits"], case["tf_action_logits"], atol=TOLERANCE, rtol=0)
     torch.testing.assert_close(forced["mask_logits"], case["tf_mask_logits_interact"], atol=TOLERANCE, rtol=0)
     torch.testing.assert_close(free_logits, case["fr_action_logits"], atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(free_forward["action_logits"], case["fr_action_logits"], atol=TOLERANCE, rtol=0)
     torch.testing.assert_close(free_masks[case["fr_interact"]], case["fr_mask_logits_interact"],
                                atol=TOLERANCE, rtol=0)
 

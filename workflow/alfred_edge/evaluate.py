@@ -9,8 +9,10 @@ Per split:
                  + mean over background pixels), mean over batches
     loss         loss_action + loss_mask (+ the progress-monitor losses when the model has them),
                  teacher-forced
-    free_loss    the same losses with the model's own argmax fed back as the previous action:
-                 ALFRED's validation loss (eval mode), by which it keeps best_seen.pth
+    free_loss    (with free_loss=True: training's validation) the same losses with the model's
+                 own argmax fed back as the previous action: ALFRED's validation loss (eval
+                 mode), by which it keeps best_seen.pth. It decodes the masks of the
+                 free-running pass too, which the other metrics do not need.
     action_acc   teacher-forced accuracy of the next action over real steps (incl. <<stop>>)
     action_f1, action_em
                  ALFRED's action-sequence F1 / exact match (SQuAD-style token overlap), from
@@ -136,7 +138,7 @@ def float_outputs(out: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate_loader(model, loader, device, weights=None, progress=None) -> dict:
+def evaluate_loader(model, loader, device, weights=None, progress=None, free_loss=False) -> dict:
     """Every metric above over one split's DataLoader (model in eval mode)."""
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
     model.eval()
@@ -156,8 +158,10 @@ def evaluate_loader(model, loader, device, weights=None, progress=None) -> dict:
         correct += int(((logits.argmax(-1) == batch["actions"]) & real).sum())
         steps += int(real.sum())
         ious.append(mask_ious(out["mask_logits"], masks).cpu())
-        free = float_outputs(model(batch, teacher_forcing=False))
-        sums["free_loss"] += float(compute_losses(model, free, batch, masks, weights)["loss"])
+        mask_steps = None if free_loss else torch.zeros_like(batch["valid_interact"])  # None: at valid_interact
+        free = float_outputs(model(batch, teacher_forcing=False, mask_steps=mask_steps))
+        if free_loss:
+            sums["free_loss"] += float(compute_losses(model, free, batch, masks, weights)["loss"])
         for pred, gold in zip(free["action_logits"].argmax(-1).tolist(), batch["actions"].tolist()):
             pred, gold = cut_sequence(pred), cut_sequence(gold)
             f1s.append(sequence_f1(pred, gold))

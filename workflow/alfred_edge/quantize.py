@@ -364,7 +364,7 @@ def model_header(record: dict) -> dict:
 
 # --- the quantize job --------------------------------------------------------------------
 
-EVAL_METRICS = ("action_acc", "action_f1", "action_em", "mask_iou", "loss", "free_loss", "n_annotations")
+EVAL_METRICS = ("action_acc", "action_f1", "action_em", "mask_iou", "loss", "n_annotations")
 
 
 def eval_device(variant: str) -> str:
@@ -448,8 +448,7 @@ def eval_table(row: dict, splits) -> "pd.DataFrame":
     file_size_mb (1e6 bytes), fp32_file_size_bytes, size_ratio (file / fp32 file), engine
     (int8), eval_device, torch_version, and per split: accuracy_<split> (teacher-forced
     action accuracy, 0..1), action_f1_<split>, action_em_<split>, mask_iou_<split>,
-    loss_<split> (teacher-forced), free_loss_<split> (own argmax fed back: ALFRED's validation
-    loss), n_annotations_<split>; NaN where the variant was not evaluated."""
+    loss_<split> (teacher-forced), n_annotations_<split>; NaN where the variant was not evaluated."""
     import pandas as pd
 
     row = {"engine": "", "eval_device": "", "file_size_bytes": float("nan"), **row}

@@ -112,7 +112,8 @@ def train(name, model_config, store_dir, model_path, metrics_path, device="cpu",
         row = {"epoch": epoch, "train/loss": running / n, "train_seconds": time.perf_counter() - epoch_start}
         eval_start = time.perf_counter()
         for split, loader in valid.items():
-            row.update({f"{split}/{k}": v for k, v in evaluate_loader(model, loader, device, weights).items()})
+            metrics = evaluate_loader(model, loader, device, weights, free_loss=True)
+            row.update({f"{split}/{k}": v for k, v in metrics.items()})
         row["eval_seconds"] = time.perf_counter() - eval_start
         rows.append(row)
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
