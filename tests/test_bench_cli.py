@@ -31,6 +31,19 @@ def test_parent_side_imports_none_of_pandas_polars_snakemake_matplotlib_torch():
     assert out.strip() == "[]"
 
 
+def test_measuring_side_imports_nothing_beyond_torch_numpy_psutil_pyarrow():
+    """What a board needs for an lstm cell (the README's fleet recipe): the child's modules,
+    the store's loader and vocabulary, the variant loader and the model, on top of torch,
+    numpy, psutil and pyarrow, add no other third-party package."""
+    code = ("import sys; import torch, numpy, psutil, pyarrow, pyarrow.parquet; base = set(sys.modules); "
+            "from alfred_edge.bench import child, workloads; from alfred_edge import quantize; "
+            "from alfred_edge.data import loader, store, vocab; from alfred_edge.models import lstm; "
+            "new = {m.split('.')[0] for m in set(sys.modules) - base} - set(sys.stdlib_module_names); "
+            "print(sorted(new - {'alfred_edge'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_cli_cell_writes_the_schema_path_and_skips_after_a_smaller_oom(tmp_path):
     run = lambda *extra: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "alfred_edge.bench", "cell", "--model", "identity", "--host", "board-1",
