@@ -47,9 +47,9 @@ def planned_jobs(output: str) -> list[tuple[str, str]]:
 def test_dry_run_disk_mb_and_scoped_reruns(tmp_path):
     config = write_config(tmp_path / "config.yaml")
     out = snakemake(tmp_path, config, "-n")
-    assert len(planned_jobs(out)) == 10
+    assert len(planned_jobs(out)) == 12  # synthesize, storage plan, vocab; manifest, subset, preprocess per split
     disk = re.findall(r"disk_mb=(\S+?),", out)
-    assert len(disk) == 10 and all(d.isdigit() for d in disk), disk
+    assert len(disk) == 12 and all(d.isdigit() for d in disk), disk
     assert "<TBD>" not in out
 
     snakemake(tmp_path, config, "--cores", "2")

@@ -49,7 +49,7 @@ TINY_CONFIG = {
 }
 # Jobs of the tiny plan, per rule (2 models x 2 variants x 1 batch x 1 device).
 FULL_PLAN = {
-    "all": 1, "synthesize": 1, "manifest": 1, "subset": 3, "vocab": 1, "preprocess": 3, "storage_plan": 1,
+    "all": 1, "synthesize": 1, "manifest": 3, "subset": 3, "vocab": 1, "preprocess": 3, "storage_plan": 1,
     "train": 2, "evaluate_fp32": 2, "quantize": 2, "bench_roofline": 1, "bench_flops": 2, "bench": 4,
     "bench_capacity": 4, "aggregate": 1, "summary": 1,
 }

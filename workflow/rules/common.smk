@@ -2,6 +2,8 @@
 # get_* functions that hand each job exactly the settings it uses (through params,
 # keyed by its wildcards, so that a change reruns only the jobs it touches).
 import hashlib
+import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -37,7 +39,9 @@ def get_code_digest(*parts):
 # numeric disk_mb and no checkpoint is needed.
 from snakemake.exceptions import WorkflowError
 
+from alfred_edge.data import manifest as data_manifest
 from alfred_edge.data import plan as data_plan
+from alfred_edge.data.budget import size_text
 
 SYNTHETIC_ROOT = "data/raw/synthetic/json_feat"
 SYNTHETIC_SPLITS_FILE = "data/raw/synthetic/splits.json"
@@ -46,6 +50,10 @@ DATA_SPLITS = DATA["splits"]
 IS_SYNTHETIC = DATA["source"] == "synthetic"
 # An ALFRED checkpoint the lstm starts from: its vocabulary becomes the store's.
 VOCAB_CHECKPOINT = config["models"].get("lstm", {}).get("init_from")
+if not math.isfinite(config["storage"]["budget_gb"]):
+    raise WorkflowError(
+        f"config: storage.budget_gb is {config['storage']['budget_gb']}: give a finite number of GB (1e9 bytes)"
+    )
 BUDGET_BYTES = int(config["storage"]["budget_gb"] * 1e9)
 try:
     RESERVED_BYTES = data_plan.reserved_bytes(
@@ -94,6 +102,31 @@ def get_synthetic_settings():
     }
 
 
+def _manifest_stamps():
+    """Per split, what its manifest reads (manifest.split_stamp): a trajectory added, removed
+    or repaired in a real tree reruns its split's manifest and what follows. The synthetic
+    tree is an output of this workflow, tracked by Snakemake itself."""
+    if IS_SYNTHETIC:
+        return {split: None for split in DATA_SPLITS}
+    return {
+        split: data_manifest.split_stamp(
+            get_source_root(), [r for r in DATA_PLAN["rows"] if r["split"] == split]
+        )
+        for split in DATA_SPLITS
+    }
+
+
+MANIFEST_STAMPS = _manifest_stamps()
+
+
+def get_manifest_stamp(wildcards):
+    return MANIFEST_STAMPS[wildcards.split]
+
+
+def get_manifest_rows(split):
+    return [r for r in DATA_PLAN["rows"] if r["split"] == split]
+
+
 def get_subset_count(wildcards):
     return DATA_PLAN["counts"][wildcards.split]
 
@@ -120,20 +153,33 @@ def get_storage_plan():
     }
 
 
-def _warn_if_over_budget():
+def _warn_if_it_does_not_fit():
+    """A parse-time warning when the plan passes the budget, or when what it has yet to write
+    passes the free space of the file system holding data/."""
     plan = get_storage_plan()
     total = sum(f["store_bytes"][plan["dtype"]] for f in plan["splits"].values())
     total += sum(RESERVED_BYTES.values())
+    written = sum(
+        f.stat().st_size
+        for folder in ("data/store", "models")
+        for f in Path(folder).rglob("*")
+        if f.is_file()
+    )
+    free = shutil.disk_usage("data" if Path("data").is_dir() else ".").free
     if total > BUDGET_BYTES:
-        print(
-            f"alfred-edge: the plan needs {total / 1e9:.2f} GB, over storage.budget_gb = "
-            f"{BUDGET_BYTES / 1e9:.2f} GB; preprocess will refuse to start. "
-            "See `snakemake --cores 1 reports/storage_plan.md`.",
-            file=sys.stderr,
-        )
+        problem = f"over storage.budget_gb = {size_text(BUDGET_BYTES)}"
+    elif total - written > free:
+        problem = f"{size_text(total - written)} of it not yet written, with {size_text(free)} free"
+    else:
+        return
+    print(
+        f"alfred-edge: the plan needs {size_text(total)}, {problem}; preprocess will refuse to "
+        "start. See `snakemake --cores 1 reports/storage_plan.md`.",
+        file=sys.stderr,
+    )
 
 
-_warn_if_over_budget()
+_warn_if_it_does_not_fit()
 
 
 # --- report ---
@@ -248,6 +294,10 @@ if BENCH["split"] not in DATA_SPLITS:
     raise WorkflowError(
         f"config: bench.split {BENCH['split']!r} is not in data.splits {DATA_SPLITS}"
     )
+if BENCH["python"] is not None and shutil.which(BENCH["python"]) is None:
+    raise WorkflowError(
+        f"config: bench.python {BENCH['python']!r} is not an executable (a path, or a name on PATH)"
+    )
 if (
     BENCH["capacity"]["measure"] is not None
     and BENCH["capacity"]["measure"] not in BENCH["ram_budgets_gb"]
@@ -330,9 +380,15 @@ def _bench_job_settings(device):
     return {
         "host": BENCH_HOST,
         "device": device,
+        "python": BENCH["python"],
         "threads": BENCH["threads"],
         "timeout_s": BENCH["timeout_s"],
     }
+
+
+def get_bench_flops_spec(wildcards):
+    """The FLOP count runs on the CPU (quantized kernels are invisible to the counter)."""
+    return _canonical(_bench_job_settings("cpu"))
 
 
 def get_bench_cell_spec(wildcards):
@@ -414,6 +470,17 @@ def get_bench_capacity_spec(wildcards):
 from alfred_edge.models.sizes import fp32_file_bytes
 
 MODEL_NAMES = sorted(config["models"])
+# epochs: 0 measures the init_from checkpoint as it is (rule import_checkpoint, no training).
+IMPORTED_MODELS = [
+    m for m in MODEL_NAMES if config["models"][m]["train"]["epochs"] == 0
+]
+TRAINED_MODELS = [m for m in MODEL_NAMES if m not in IMPORTED_MODELS]
+for _model in IMPORTED_MODELS:
+    if not config["models"][_model].get("init_from"):
+        raise WorkflowError(
+            f"config: models.{_model}.train.epochs is 0 (no training), but "
+            f"models.{_model}.init_from names no checkpoint to measure"
+        )
 
 
 def get_model_settings(wildcards):
@@ -426,17 +493,6 @@ def get_model_init_inputs(wildcards):
     init_from = config["models"][wildcards.model].get("init_from")
     return [init_from] if init_from else []
 
-# epochs: 0 measures the init_from checkpoint as it is (rule import_checkpoint, no training).
-IMPORTED_MODELS = [
-    m for m in MODEL_NAMES if config["models"][m]["train"]["epochs"] == 0
-]
-TRAINED_MODELS = [m for m in MODEL_NAMES if m not in IMPORTED_MODELS]
-for _model in IMPORTED_MODELS:
-    if not config["models"][_model].get("init_from"):
-        raise WorkflowError(
-            f"config: models.{_model}.train.epochs is 0 (no training), but "
-            f"models.{_model}.init_from names no checkpoint to measure"
-        )
 
 def get_fp32_file_bytes(model):
     """fp32.pt from the parameter count (vocabulary sizes estimated before the vocab exists)."""

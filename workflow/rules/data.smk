@@ -30,27 +30,34 @@ if IS_SYNTHETIC:
             "../scripts/synthesize.py"
 
 
+# One manifest per split: a trajectory added, removed or repaired reruns its split's jobs only
+# (params: stamp, see common.smk).
 rule manifest:
     input:
         get_source_inputs,
     output:
-        "data/manifest.parquet",
+        "data/manifest/{split}.parquet",
     log:
-        "logs/manifest/manifest.log",
+        "logs/manifest/{split}.log",
     resources:
-        disk_mb=disk_mb(300 * len(DATA_PLAN["rows"])),
+        disk_mb=lambda wildcards: disk_mb(300 * len(get_manifest_rows(wildcards.split))),
     params:
         root=get_source_root(),
         splits_file=get_splits_file(),
-        splits=DATA_SPLITS,
-        code=get_code_digest("scripts/manifest.py", "alfred_edge/data/manifest.py"),
+        stamp=get_manifest_stamp,
+        code=get_code_digest(
+            "scripts/manifest.py",
+            "alfred_edge/data/manifest.py",
+            "alfred_edge/data/synthetic.py",
+            "alfred_edge/atomic.py",
+        ),
     script:
         "../scripts/manifest.py"
 
 
 rule subset:
     input:
-        "data/manifest.parquet",
+        "data/manifest/{split}.parquet",
     output:
         "data/subset/{split}.json",
     log:
