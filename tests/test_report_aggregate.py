@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import report_fixtures as fx
 from alfred_edge.report import aggregate, discover
+from alfred_edge.report import synthetic as fx
 
 
 @pytest.fixture(scope="module")

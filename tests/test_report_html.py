@@ -15,9 +15,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-import report_fixtures as fx
 from alfred_edge.atomic import write_parquet
 from alfred_edge.report import aggregate, discover, html, inputs, plots, tables
+from alfred_edge.report import synthetic as fx
 
 SIDE_BY_SIDE_JS = """(() => {
   const cards = Array.from(document.querySelectorAll('#headline ~ .hosts .host-card'));

@@ -1,4 +1,5 @@
-"""Aggregation + rendering of 10,000 result rows (goal: ≤ 20 s on the 2-core dev machine).
+"""Goal: the report's aggregation + rendering of 10,000 result rows in ≤ 20 s on the 2-core
+development machine.
 
 Writes 25 hosts × 2 devices × 2 models × 4 variants × 25 batch sizes = 10,000 benchmark
 files (one row each, as the bench rule writes them) into a temporary folder, then times:
@@ -7,7 +8,7 @@ files (one row each, as the bench rule writes them) into a temporary folder, the
   - rendering of summary.html and the plot files from the 10,000-row results table.
 The rendering time follows the number of panels (hosts × devices: 50 a figure by default),
 not the rows: `--hosts 5 --batches 125` writes the same 10,000 rows as 10 panels a figure.
-Usage: python benchmarks/bench_report.py [--hosts 25] [--batches 25] [--workers 2] [--keep DIR]
+Usage: python benchmarks/report_time.py [--hosts 25] [--batches 25] [--workers 2] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -16,24 +17,22 @@ import dataclasses
 import datetime as dt
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("POLARS_MAX_THREADS", "2")  # the aggregate rule's threads; read when polars is imported
-sys.path.insert(0, str(REPO / "tests"))  # the report tests' realistic fixture writer
 
-import report_fixtures as fx  # noqa: E402
 from alfred_edge.atomic import write_parquet  # noqa: E402
 from alfred_edge.report import aggregate, discover, html, inputs  # noqa: E402
+from alfred_edge.report import synthetic as fx  # noqa: E402
+from host_load import host_load  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=25)
     parser.add_argument("--batches", type=int, default=25)
     parser.add_argument("--keep", type=Path, help="write here and keep (default: a temporary folder)")
@@ -80,7 +79,7 @@ def main() -> None:
         _, render_s = timed(render)
         first_cpu, rerun_cpu, capacity_cpu, write_cpu, render_cpu = CPU_SECONDS
         print(f"results rows: {results.num_rows} (from {len(files)} files), capacity rows: {capacity.num_rows}")
-        print(f"load average now: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+        print(f"{host_load()} (after the run)")
         print("                                                  wall      CPU")
         print(f"aggregation, first run (every file parsed):      {first[1]:6.1f} s {first_cpu:6.1f} s")
         print(f"aggregation, rerun after one new file (cached):  {rerun_s:6.1f} s {rerun_cpu:6.1f} s")

@@ -1,7 +1,9 @@
-"""Realistic inputs for the report: benchmark files of several hosts (following
-results.schema.yaml, with failed and skipped cells), capacity and roofline rows, eval
-tables, training metrics and a storage plan. Used by tests/test_report_*.py and
-benchmarks/bench_report.py."""
+"""Synthetic inputs for the report, as data/synthetic.py is for the data stage: benchmark
+files of several hosts (following results.schema.yaml, with failed and skipped cells, one
+single-row file per cell as the bench rules write them), capacity and roofline rows, eval
+tables, training metrics and a storage plan. A host name and error messages hold HTML and
+script, which the page must show as text. Used by the report's tests and by
+benchmarks/report_time.py, which needs thousands of cells without running a benchmark."""
 from __future__ import annotations
 
 import datetime as dt
