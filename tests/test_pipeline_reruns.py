@@ -205,3 +205,48 @@ def test_touching_every_input_and_source_changes_nothing(finished_run):
     for path in sources:
         path.touch()
     assert planned(finished_run) == {}
+
+
+def _rule_scripts(workdir: Path) -> dict[str, str]:
+    """{rule: its script} from the rule files."""
+    scripts = {}
+    for smk in (workdir / "workflow/rules").glob("*.smk"):
+        for rule, script in re.findall(r"rule (\w+):.*?script:\s*\"\.\./(scripts/[\w.]+)\"", smk.read_text(), re.S):
+            scripts[rule] = script
+    return scripts
+
+
+def _modules_run_by(workdir: Path, script: str) -> set[str]:
+    """The package modules a rule's script runs, found by the standard library's modulefinder
+    (independent of the workflow's own import reader); the benchmark scripts also start
+    alfred_edge.bench.child as a process, whose imports count too."""
+    import modulefinder
+
+    def found(path):
+        finder = modulefinder.ModuleFinder(path=[str(workdir / "workflow")])
+        finder.run_script(str(path))
+        return {name for name in finder.modules if name.startswith("alfred_edge")}
+
+    modules = found(workdir / "workflow" / script)
+    if "alfred_edge.bench.runner" in modules:
+        modules |= found(workdir / "workflow/alfred_edge/bench/child.py")
+    return modules
+
+
+def _code_reruns(output: str) -> set[str]:
+    """Rules of the dry run's jobs that rerun because their params (the code digest) changed."""
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", output)
+    return {re.match(r"(?:local)?rule (\w+):", b).group(1) for b in blocks
+            if re.match(r"(?:local)?rule \w+:", b) and "Params have changed" in b}
+
+
+@pytest.mark.parametrize("module", ["data/synthetic.py", "atomic.py", "data/store.py", "models/lstm.py",
+                                    "report/plots.py"])
+def test_a_module_edit_reruns_the_rules_whose_scripts_run_it(finished_run, module):
+    name = "alfred_edge." + module.removesuffix(".py").replace("/", ".")
+    in_this_run = set(job_stats(snakemake(finished_run, "-n", "--forceall", "-q", "rules")))
+    expected = {rule for rule, script in _rule_scripts(finished_run).items()
+                if rule in in_this_run and name in _modules_run_by(finished_run, script)}
+    with edited(finished_run / "workflow/alfred_edge" / module, lambda text: text + "\n# a one-line edit\n"):
+        output = snakemake(finished_run, "-n")
+    assert expected and _code_reruns(output) == expected

@@ -1,7 +1,37 @@
 # report stage: every host's benchmark files -> reports/results.parquet -> reports/summary.html.
-# Inputs from other hosts are found on disk at parse time (get_report_bench_files, common.smk
-# "# --- report ---"), so copying a host's files in reruns only these two rules; the page's
-# code (template, figures, tables) is in summary's digest only, so editing it reruns summary alone.
+# The aggregation reads this host's benchmark files (outputs of the bench rules) and every
+# other host's files present under reports/bench/<host>/ when the workflow is parsed, so a
+# file copied in changes the aggregate's input set and reruns only these two rules; the
+# page's code (template, figures, tables) is in summary's digest only, so editing it reruns
+# summary alone.
+from alfred_edge.report import discover as report_discover
+
+REPORT_BENCH_DIR = "reports/bench"
+
+
+def get_report_bench_files(table):
+    """Files of one benchmark table ("cells" or "capacity") for the aggregation."""
+    others = [
+        str(path)
+        for path in report_discover.bench_files(REPORT_BENCH_DIR, table)
+        if report_discover.host_of(path, REPORT_BENCH_DIR) != BENCH_HOST
+    ]
+    return get_bench_outputs(table) + others
+
+
+def get_report_eval_files():
+    return expand(
+        "models/{model}/{variant}.eval.parquet", model=MODEL_NAMES, variant=VARIANTS
+    )
+
+
+def get_report_training_files():
+    return expand("models/{model}/train_metrics.parquet", model=TRAINED_MODELS)
+
+
+def get_report_ram_budgets():
+    """RAM budgets for hosts whose files carry no capacity rows: {name: GB or "auto"}."""
+    return dict(sorted(BENCH.get("ram_budgets_gb", {}).items()))
 
 
 report: "../report/workflow.rst"
@@ -28,16 +58,7 @@ rule aggregate:
         bench_dir=REPORT_BENCH_DIR,
         # Rows of files already read, by path, size, inode and times: not an output, only saves re-parsing.
         cache="reports/.cache/bench_cells.parquet",
-        code=get_code_digest(
-            "scripts/aggregate.py",
-            "alfred_edge/report/aggregate.py",
-            "alfred_edge/report/discover.py",
-            "alfred_edge/report/inputs.py",
-            "alfred_edge/bench/schema.py",
-            "schemas/results.schema.yaml",
-            "schemas/results_table.schema.yaml",
-            "alfred_edge/atomic.py",
-        ),
+        code=get_code_digest("scripts/aggregate.py"),
     script:
         "../scripts/aggregate.py"
 
@@ -67,11 +88,6 @@ rule summary:
     params:
         storage_plan=get_storage_plan(),
         ram_budgets_gb=get_report_ram_budgets(),
-        code=get_code_digest(
-            "scripts/summary.py",
-            "alfred_edge/report",
-            "alfred_edge/report/templates/summary.html.j2",
-            "alfred_edge/atomic.py",
-        ),
+        code=get_code_digest("scripts/summary.py"),
     script:
         "../scripts/summary.py"

@@ -1,7 +1,45 @@
 # train stage: one job per model -> models/{model}/fp32.pt + models/{model}/train_metrics.parquet,
 # or, for a model with epochs: 0, the init_from checkpoint as it is -> models/{model}/fp32.pt.
-# Settings per model from common.smk ("# --- models ---").
+#
+# Each job gets its model's whole config section (architecture, init_from, train) through
+# params, in canonical form (keys sorted), so editing the transformer's settings reruns only
+# the transformer's jobs. Sizes come from a pure-Python parameter count.
 import os
+
+from alfred_edge.models.sizes import fp32_file_bytes
+
+# epochs: 0 measures the init_from checkpoint as it is (rule import_checkpoint, no training).
+IMPORTED_MODELS = [
+    m for m in MODEL_NAMES if config["models"][m]["train"]["epochs"] == 0
+]
+TRAINED_MODELS = [m for m in MODEL_NAMES if m not in IMPORTED_MODELS]
+for _model in IMPORTED_MODELS:
+    if not config["models"][_model].get("init_from"):
+        raise WorkflowError(
+            f"config: models.{_model}.train.epochs is 0 (no training), but "
+            f"models.{_model}.init_from names no checkpoint to measure"
+        )
+
+
+def get_model_settings(wildcards):
+    """The model's config section, keys sorted (architecture + init_from + train)."""
+    return canonical(config["models"][wildcards.model])
+
+
+def get_model_init_inputs(wildcards):
+    """An ALFRED checkpoint the lstm starts from (models.lstm.init_from), as an input."""
+    init_from = config["models"][wildcards.model].get("init_from")
+    return [init_from] if init_from else []
+
+
+def get_fp32_file_bytes(model):
+    """fp32.pt from the parameter count (vocabulary sizes estimated before the vocab exists)."""
+    vocab = data_plan.ESTIMATED_VOCAB["synthetic" if IS_SYNTHETIC else "alfred"]
+    return fp32_file_bytes(model, config["models"][model], vocab)
+
+
+def get_train_disk_mb(wildcards):
+    return disk_mb(get_fp32_file_bytes(wildcards.model) + 1e6)
 
 
 rule train:
@@ -26,16 +64,7 @@ rule train:
         exclusive=1,  # training saturates the CPU: never beside a benchmark
     params:
         settings=get_model_settings,
-        code=get_code_digest(
-            "scripts/train.py",
-            "alfred_edge/train.py",
-            "alfred_edge/evaluate.py",
-            "alfred_edge/models",
-            "alfred_edge/data/loader.py",
-            "alfred_edge/data/store.py",
-            "alfred_edge/data/vocab.py",
-            "alfred_edge/atomic.py",
-        ),
+        code=get_code_digest("scripts/train.py"),
     script:
         "../scripts/train.py"
 
@@ -54,12 +83,6 @@ rule import_checkpoint:
         disk_mb=get_train_disk_mb,
     params:
         settings=get_model_settings,
-        code=get_code_digest(
-            "scripts/import_checkpoint.py",
-            "alfred_edge/train.py",
-            "alfred_edge/models",
-            "alfred_edge/data/vocab.py",
-            "alfred_edge/atomic.py",
-        ),
+        code=get_code_digest("scripts/import_checkpoint.py"),
     script:
         "../scripts/import_checkpoint.py"
