@@ -8,8 +8,6 @@ from conftest import REPO_ROOT
 
 JUSTIFIED = (
     "Specify a conda environment or container for each rule.",
-    "Absolute path ",
-    "Path composition with '+'",
     "Mixed rules and functions in same snakefile.",
     "Param bench_dir is a prefix of input or output file but hardcoded",
 )
@@ -29,3 +27,12 @@ def test_lint_reports_only_the_justified_categories():
     assert [lint for lint in lints if not lint.startswith(JUSTIFIED)] == []
     readme = (REPO_ROOT / "workflow" / "README.md").read_text()
     assert all(category.strip(" .") in readme for category in JUSTIFIED)
+
+
+def test_the_slurm_profile_sets_resources_of_rules_that_exist():
+    import yaml
+
+    profile = yaml.safe_load((REPO_ROOT / "workflow/profiles/slurm/profile.yaml").read_text())
+    rules = {name for smk in (REPO_ROOT / "workflow/rules").glob("*.smk")
+             for name in re.findall(r"^\s*rule (\w+):", smk.read_text(), re.M)}
+    assert set(profile["set-resources"]) <= rules, sorted(set(profile["set-resources"]) - rules)
