@@ -1,14 +1,15 @@
-"""Wall time of the default benchmark sweep on this machine: every cpu cell of the embedded
-config (2 models x the variants x the batches, plus the features=ram cells), the roofline
-and the capacity jobs, each in its own process as the bench rules run them (through
+"""Goal: ~6 s per benchmark job on average on an idle machine, so that the default main job
+stays within 10 minutes on 2 cores. Times the default benchmark sweep: every cpu cell of the
+embedded config (2 models x the variants x the batches, plus the features=ram cells), the
+roofline and the capacity jobs, each in its own process as the bench rules run them (through
 alfred_edge.bench.runner with config/config.yaml's bench settings). Prints per-job time and
-the total; the goal is ~6 s per cell on average so that the whole default main job stays
-within 10 minutes on 2 cores.
+the total.
 
-    python benchmarks/bench_sweep_time.py [--models DIR] [--store DIR]
+    python benchmarks/sweep_time.py [--models DIR] [--store DIR] [--batches 1 ...]
 
-Models as in bench_harness.py: models/<model>/<variant>.pt, else untrained ones built from
-the config into a temporary folder (every variant the quantize helper can make here)."""
+Models: models/<model>/<variant>.pt, else untrained ones built from the config into a
+temporary folder (every variant this host can make). Store: data/store/valid_seen (run
+`snakemake --cores 2 data/store/valid_seen` first). Quick form: --batches 1."""
 from __future__ import annotations
 
 import argparse
@@ -20,29 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from alfred_edge.bench import capacity, runner
+from host_load import host_load
+from untrained_models import build_models
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow"))
-
-from alfred_edge.bench import capacity, runner  # noqa: E402
-
-
-def build_models(config: dict, vocab_path: Path, out: Path) -> Path:
-    from alfred_edge import quantize
-    from alfred_edge.models import build_model, model_record, save_model
-
-    vocab = json.loads(vocab_path.read_text())
-    for name in config["models"]:
-        model = build_model(name, config["models"][name], vocab).eval()
-        save_model(model, out / name / "fp32.pt")
-        for variant in config["quantize"]["variants"]:
-            if variant == "fp32":
-                continue
-            try:
-                quantize.save_variant(quantize.make_variant(model, variant), variant, model_record(model),
-                                      out / name / f"{variant}.pt")
-            except quantize.VariantUnavailable as exc:
-                quantize.save_unavailable(variant, exc.reason, model_record(model), out / name / f"{variant}.pt")
-    return out
 
 
 def main() -> int:
@@ -56,8 +39,11 @@ def main() -> int:
     times: list[tuple[str, float, str, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         tmp = Path(tmp)
-        models = args.models or (REPO / "models" if (REPO / "models" / "lstm" / "fp32.pt").exists()
-                                 else build_models(config, args.store.parent / "vocab.json", tmp / "models"))
+        models = args.models or REPO / "models"
+        if not (models / "lstm" / "fp32.pt").exists():
+            vocab = json.loads((args.store.parent / "vocab.json").read_text())
+            models = build_models(config["models"], config["quantize"]["variants"], vocab, tmp / "models")
+        print(f"{host_load()} (before the run)")
         job = {"host": "sweep", "device": "cpu", "threads": bench["threads"], "timeout_s": bench["timeout_s"]}
 
         def timed(name, fn):
@@ -97,6 +83,7 @@ def main() -> int:
           f"{sum(t for t, _ in cells_only) / len(cells_only):.1f} s wall, {sum(c for _, c in cells_only) / len(cells_only):.1f} s CPU "
           f"(goal: ~6 s each; on a machine shared with other work the CPU time, not the wall time, is the idle-machine "
           f"estimate); the Snakemake job start adds about a second per job")
+    print(f"{host_load()} (after the run)")
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Issue 4's figures: each variant's file size and teacher-forced action accuracy next to
-fp32, measured side by side in one run.
+"""Goals: int8_dynamic's file <= 0.30x fp32's for the lstm and <= 0.40x for the transformer,
+with teacher-forced accuracy on valid_seen within 1 point of fp32 for both (issue 4's
+figures): each variant's file size and accuracy next to fp32, measured side by side in one run.
 
-    python benchmarks/bench_quantize.py                      # trained models of the pipeline
-    python benchmarks/bench_quantize.py --random-alfred-size # file sizes only, no training
+    python benchmarks/quantized_size_accuracy.py                      # trained models of the pipeline
+    python benchmarks/quantized_size_accuracy.py --random-alfred-size # quick form: file sizes only, no training
 
 The first form needs models/<model>/fp32.pt and data/store (run
 `snakemake --cores 4 models/lstm/fp32.pt models/transformer/fp32.pt` first); it runs the
@@ -10,9 +11,6 @@ quantize job's own code (alfred_edge.quantize.quantize_job) into a temporary fol
 the pipeline's files are left alone. The second builds an ALFRED-size lstm (45.9 M
 parameters, 2,360 words) and the default transformer with random weights: file-size ratios
 do not depend on training.
-
-Acceptance (issue 4): int8_dynamic of lstm <= 0.30x the fp32 file and of transformer
-<= 0.40x; teacher-forced accuracy on valid_seen within 1 point of fp32 for both.
 """
 from __future__ import annotations
 
@@ -23,9 +21,15 @@ import warnings
 from pathlib import Path
 
 import torch
+import yaml
 
 from alfred_edge import quantize as Q
+from alfred_edge.models import vocab_sizes
+from alfred_edge.models.sizes import parameter_count
+from host_load import host_load
+from untrained_models import alfred_lstm_sizes, build_models
 
+REPO = Path(__file__).resolve().parents[1]
 LIMITS = {"lstm": 0.30, "transformer": 0.40}  # int8 file / fp32 file
 SPLITS = ("valid_seen", "valid_unseen")
 
@@ -68,24 +72,18 @@ def trained(models, models_dir: Path, store: Path, variants, batch: int) -> bool
 
 
 def random_sizes() -> bool:
-    """File sizes of every variant at ALFRED's sizes (lstm) and the default transformer."""
-    from alfred_edge.models import build_model, save_model
-
+    """File sizes of every variant of ALFRED's lstm and of the default transformer, untrained."""
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"]
     ok = True
-    for name, n_words in (("lstm", 2360), ("transformer", 100), ("transformer", 2360)):
+    for name, config, n_words in (("lstm", alfred_lstm_sizes(), 2360), ("transformer", default["transformer"], 100),
+                                  ("transformer", default["transformer"], 2360)):
         vocab = {"word": [f"w{i}" for i in range(n_words)], "action_low": [f"a{i}" for i in range(15)]}
         torch.manual_seed(0)
-        model = build_model(name, {}, vocab).eval()
         with tempfile.TemporaryDirectory() as tmp:
-            fp32 = Path(tmp) / "fp32.pt"
-            save_model(model, fp32)
-            header = Q.model_header(Q.read_variant_file(fp32))
-            sizes = {"fp32": fp32.stat().st_size}
-            for variant in ("int8_dynamic", "fp16", "bf16"):
-                path = Path(tmp) / f"{variant}.pt"
-                Q.save_variant(Q.make_variant(model, variant), variant, header, path)
-                sizes[variant] = path.stat().st_size
-        n_params = sum(p.numel() for p in model.parameters())
+            out = build_models({name: config}, Q.VARIANTS, vocab, Path(tmp)) / name
+            sizes = {variant: (out / f"{variant}.pt").stat().st_size for variant in Q.VARIANTS
+                     if not Q.read_variant_file(out / f"{variant}.pt").get("unavailable")}
+        n_params = parameter_count(name, config, vocab_sizes(vocab))
         print(f"{name} ({n_params / 1e6:.2f} M parameters, {n_words} words): " + ", ".join(
             f"{v} {b / 1e6:.2f} MB ({b / sizes['fp32']:.3f}x)" for v, b in sizes.items()))
         if n_words == 2360 and name == "lstm" or n_words == 100:
@@ -107,12 +105,13 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=r".*(deprecated|TypedStorage).*")
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, quantized engine {Q.choose_engine()}, {args.threads} threads")
+    print(f"torch {torch.__version__}, quantized engine {Q.choose_engine()}, {args.threads} threads, {host_load()}")
     if args.random_alfred_size:
         ok = random_sizes()
     else:
         ok = trained(args.models, args.models_dir, args.store, args.variants, args.batch)
     print("\nall acceptance figures met" if ok else "\nsome acceptance figures NOT met")
+    print(f"{host_load()} (after the run)")
 
 
 if __name__ == "__main__":

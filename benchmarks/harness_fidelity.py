@@ -1,4 +1,5 @@
-"""Acceptance figures of the benchmark harness (issue 5), measured side by side in one run:
+"""Goals: the benchmark harness measures the model, not itself or the machine (issue 5's
+figures), measured side by side in one run:
 
   1. harness overhead: an identity model's per-iteration latency (iterations are timed back to
      back, so it holds all the loop's bookkeeping), and the summed latencies against the timed
@@ -10,18 +11,18 @@
      p50, beside the spread of a fixed matmul in a fresh process before each round (the
      machine's own).
 
-    python benchmarks/bench_harness.py [--models DIR] [--store DIR] [--threads N]
+    python benchmarks/harness_fidelity.py [--models DIR] [--store DIR] [--threads N] [--alfred-size]
 
 Models: models/lstm/{fp32,int8_dynamic}.pt when the pipeline has trained them, else
 freshly initialised ones built from config/config.yaml into a temporary folder (latency and
 memory do not depend on the weights' values); --alfred-size builds ALFRED's full-size lstm
-(demb 100, dhid 512, dframe 2500: the model of the manual Jetson runs). Store: data/store/valid_seen (run
-`snakemake --cores 2 data/store/valid_seen` first)."""
+(config/alfred.yaml's sizes: the model of the manual Jetson runs). Store: data/store/valid_seen
+(run `snakemake --cores 2 data/store/valid_seen` first). Quick form: --rounds 1
+--min-duration-s 1 (the figures then repeat worse)."""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,12 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
+
+from alfred_edge.bench import harness, memory, runner
+from alfred_edge.bench.workloads import IdentityWorkload
+from host_load import host_load
+from untrained_models import alfred_lstm_sizes, build_models
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow"))
-
-from alfred_edge.bench import harness, memory, runner  # noqa: E402
-from alfred_edge.bench.workloads import IdentityWorkload  # noqa: E402
 
 
 def identity_overhead(iterations: int = 20000) -> dict:
@@ -54,26 +57,13 @@ def identity_overhead(iterations: int = 20000) -> dict:
             "gap_fraction": 1 - result.latencies_s.sum() / result.loop_wall_s}
 
 
-ALFRED_LSTM = {"demb": 100, "dhid": 512, "dframe": 2500}  # seq2seq_im_mask as ALFRED trains it
-
-
-def build_models(config_path: Path, vocab_path: Path, out_dir: Path, alfred_size: bool) -> Path:
-    """Untrained lstm fp32 and int8_dynamic files (the pipeline's format): the config's lstm,
-    or ALFRED's sizes (what the manual Jetson runs measured)."""
-    import yaml
-
-    from alfred_edge import quantize
-    from alfred_edge.models import build_model, model_record, save_model
-
-    config = yaml.safe_load(config_path.read_text())["models"]["lstm"]
+def untrained_lstm(vocab_path: Path, out_dir: Path, alfred_size: bool) -> Path:
+    """Untrained lstm fp32 and int8_dynamic files: the default config's lstm, or ALFRED's
+    sizes (what the manual Jetson runs measured)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"]["lstm"]
     if alfred_size:
-        config = {**config, **ALFRED_LSTM}
-    vocab = json.loads(vocab_path.read_text())
-    model = build_model("lstm", config, vocab).eval()
-    save_model(model, out_dir / "lstm" / "fp32.pt")
-    quantize.save_variant(quantize.make_variant(model, "int8_dynamic"), "int8_dynamic", model_record(model),
-                          out_dir / "lstm" / "int8_dynamic.pt")
-    return out_dir
+        config = {**config, **alfred_lstm_sizes()}
+    return build_models({"lstm": config}, ["fp32", "int8_dynamic"], json.loads(vocab_path.read_text()), out_dir)
 
 
 def replicate_store(store: Path, out: Path, times: int) -> Path:
@@ -183,18 +173,18 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-steps", type=int, default=8)
     parser.add_argument("--min-iterations", type=int, default=10)
-    # 10 s per timed loop: on a shared machine the same cell's p50 moved ±15 % between 2-s loops
-    # run back to back, mostly ±5 % between 10-s ones (config/README.md; the pipeline's 0.5 s
-    # default is for its run time).
+    # 10-s timed loops: on a shared machine a cell's p50 repeats better over a longer loop
+    # (benchmarks/README.md); the pipeline's 0.5-s default is sized for its run time.
     parser.add_argument("--min-duration-s", type=float, default=10.0)
     parser.add_argument("--max-duration-s", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--alfred-size", action="store_true",
-                        help=f"build the lstm with ALFRED's sizes {ALFRED_LSTM} instead of the config's")
+                        help="build the lstm with ALFRED's sizes (config/alfred.yaml) instead of the default config's")
     args = parser.parse_args()
     if not (args.store / "meta.json").exists():
         raise SystemExit(f"{args.store}: no store; run `snakemake --cores 2 {args.store.relative_to(REPO)}` first")
 
+    print(f"{host_load()} (before the run)")
     print("1. identity model, in-process timed loop")
     ident = identity_overhead()
     print(f"  {ident['iterations']} iterations: overhead = latency mean {ident['latency_mean_us']:.2f} µs (p50 "
@@ -207,8 +197,7 @@ def main() -> int:
         if models is None and not args.alfred_size and (REPO / "models" / "lstm" / "int8_dynamic.pt").exists():
             models = REPO / "models"
         if models is None:
-            models = build_models(REPO / "config" / "config.yaml", args.store.parent / "vocab.json", tmp / "models",
-                                  args.alfred_size)
+            models = untrained_lstm(args.store.parent / "vocab.json", tmp / "models", args.alfred_size)
             print(f"(untrained lstm files built in {models}{' with ALFRED sizes' if args.alfred_size else ''})")
         out = tmp / "cells"
         print(f"2-5. lstm cells on the CPU, {args.threads} threads, max_steps {args.max_steps}, each its own process; "
@@ -268,7 +257,7 @@ def main() -> int:
     rows = [r[tag] for r in rounds for tag in ("fp32_b1", "fp32_b8", "int8_b1")] + [big]
     lstm_gap = max(abs(row["harness_gap_fraction"]) for row in rows)
     print(f"1b. lstm cells: summed latencies within {lstm_gap * 100:.2f} % of the loop's wall time")
-    print(f"(load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    print(f"{host_load()} (after the run)")
     return 0
 
 

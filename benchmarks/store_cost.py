@@ -1,4 +1,7 @@
-"""Data-stage figures (issue 2), measured side by side in one run:
+"""Goals: the store is written at least half as fast as its raw features can be read, holds
+them in half (float16) or a quarter (uint8) of their bytes, gives a training batch faster than
+the raw files do, and is planned at ALFRED's scale in under 10 s (issue 2's figures), measured
+side by side in one run:
 
 1. preprocess throughput as a ratio to a plain sequential read of the same feat_conv.pt files (goal >= 0.5)
 2. store bytes / raw feature bytes: float16 (goal <= 0.51), uint8 (<= 0.26) with its reconstruction error
@@ -7,7 +10,7 @@
    of realistic sizes (truncate: no data written) -> `snakemake reports/storage_plan.md` time (< 10 s),
    and the stratified subset a 16 GB budget picks
 
-Usage: python benchmarks/bench_data.py [--trajectories 60] [--batch 8]
+Usage: python benchmarks/store_cost.py [--trajectories 60] [--batch 8]   (quick form: --trajectories 10)
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import yaml
 
 from alfred_edge.data import manifest, preprocess, store, subset, synthetic, vocab
 from alfred_edge.data.loader import StoreDataset, _pad, collate  # _pad: the same padding for both
+from host_load import host_load
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OCT21 = REPO_ROOT / "tests" / "data" / "alfred-sample" / "splits" / "oct21.json"
@@ -83,7 +87,7 @@ def bench_store(n_traj: int, batch: int) -> None:
         tree, splits_file = build_tree(tmp, n_traj)
         feats = sorted(tree.rglob("feat_conv.pt"))
         raw_bytes = sum(p.stat().st_size for p in feats)
-        print(f"tree: {len(feats)} trajectories, {raw_bytes / 1e6:.0f} MB of feat_conv.pt")
+        print(f"tree: {len(feats)} trajectories, {raw_bytes / 1e6:.0f} MB of feat_conv.pt; {host_load()}")
 
         prepare(tree, splits_file, tmp)
         ratios = {}
@@ -138,6 +142,7 @@ def bench_store(n_traj: int, batch: int) -> None:
                 load_s.append(time.perf_counter() - start)
             print(f"   {cache} page cache: store {1e3 * np.median(store_s):.1f} ms, torch.load {1e3 * np.median(load_s):.1f} ms, "
                   f"store is {np.median(load_s) / np.median(store_s):.2f}x as fast")
+        print(f"   {host_load()}")
 
 
 def alfred_scale_tree(tmp: Path) -> tuple[Path, int]:
@@ -187,7 +192,7 @@ def bench_planning() -> None:
         if done.returncode:
             sys.exit(done.stderr[-3000:])
         print(f"   snakemake --cores 1 reports/storage_plan.md: {elapsed:.1f} s wall, {cpu:.1f} s CPU "
-              f"(goal < 10 s; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+              f"(goal < 10 s; {host_load()})")
         from alfred_edge.data.plan import make_plan, reserved_bytes
         start = time.perf_counter()
         reserved = reserved_bytes(config["models"], config["quantize"]["variants"], 64, str(root))
