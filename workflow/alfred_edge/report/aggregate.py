@@ -63,22 +63,22 @@ def readable_columns(schema: pa.Schema) -> pa.Schema:
 def scan_files(files: list[Path], schema: pa.Schema, bench_dir: Path) -> list[pa.Table]:
     """The files' rows in order, each table in the columns of `schema` (but ADDED_PER_FILE)
     that its files have, plus SOURCE_PATH. One polars scan reads thousands of small files in
-    a few threads ~4x faster than pyarrow reads them one by one (4,000 files: 2.7-3.4 s
-    against 13-16 s), but fails as a whole on one damaged or foreign file: the files are then
-    halved until each failing file is read alone by read_file."""
+    a few threads, where pyarrow would read them one by one, but fails as a whole on one
+    damaged or foreign file: the files are then halved until each failing file is read alone
+    by read_file."""
     if not files:
         return []
     readable = readable_columns(schema)
-    # polars advises the kernel (madvise WILLNEED) of each column chunk it will read: ~100
-    # system calls a file here, and 10 % of the scan's CPU for files of a few KB, read whole anyway.
+    # polars advises the kernel (madvise WILLNEED) of each column chunk it will read: system
+    # calls that buy nothing for files of a few KB, which are read whole anyway.
     os.environ.setdefault("POLARS_MEMORY_PREFETCH", "no_prefetch")  # read at the first scan
     try:
         frame = pl.scan_parquet(
             [str(path) for path in files], schema=pl.from_arrow(readable.empty_table()).schema,
             missing_columns="insert", extra_columns="ignore", include_file_paths=SOURCE_PATH,
             glob=False, hive_partitioning=False,  # host folders may hold [ * = ]
-        ).collect(engine="streaming")  # ~10 % less CPU than in-memory on 10,000 files
-        # A chunk per file: polars joins them in its threads, 4x faster than to_arrow alone.
+        ).collect(engine="streaming")  # less CPU than the in-memory engine for many small files
+        # A chunk per file: polars joins them in its threads, not to_arrow in this one.
         return [frame.rechunk().to_arrow().cast(readable.append(pa.field(SOURCE_PATH, pa.string())))]
     except Exception:  # polars raises several types for a damaged or foreign file
         if len(files) == 1:
@@ -122,9 +122,9 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def read_tables(files: Iterable[str | Path], bench_dir: str | Path, schema: pa.Schema,
                 cache_path: str | Path | None = None) -> pa.Table:
     """Every file conformed to `schema`. With cache_path, a file whose file_key() is that of a
-    file read in an earlier run is taken from that cache instead of being parsed again
-    (parsing costs ~1.5 ms of CPU per file here, a stat a few µs), and the cache is rewritten
-    with the rows of exactly these files."""
+    file read in an earlier run is taken from that cache instead of being parsed again (a
+    stat instead of a parse per file), and the cache is rewritten with the rows of exactly
+    these files."""
     bench_dir = Path(bench_dir)
     files = [Path(path) for path in files]
     if cache_path is None:
@@ -153,7 +153,7 @@ def file_key(path: Path) -> str:
     does): its path, size, inode, and modification and change times. A write changes both
     times, and the change time cannot be set back (a copy that keeps the modification time
     still gets a new one); an atomic replace also brings a new inode. Hashing the bytes
-    instead took ~1.5 s for 10,000 files here, and would read them all on a board's SD card."""
+    instead would read every file on every run, on a board's SD card too."""
     stat = path.stat()
     return f"{path}|{stat.st_size}|{stat.st_ino}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"
 

@@ -72,7 +72,7 @@ def environment() -> jinja2.Environment:
 
 def figure_makers(inputs: ReportInputs, fits: pd.DataFrame, budgets: pd.DataFrame) -> dict:
     """{name: (title, make)}: make() draws the figure, or returns None without data. Slowest
-    first (at 50 panels: RAM and accuracy, with the most text), for run_jobs."""
+    first (RAM and accuracy, with the most text to lay out), for run_jobs."""
     cells = inputs.cells
 
     def of_cells(draw):
@@ -127,9 +127,9 @@ def run_jobs(jobs: dict, workers: int = 1, prepare=lambda: None) -> dict:
 
 def _run_and_send(job, sender) -> None:
     """In the forked process: job()'s value, or its error's traceback, sent to the page
-    process. No garbage is collected: a 50-panel matplotlib figure is ~65,000 objects in
-    cycles, and collecting them as they were made cost 9 % of the page's CPU; what is left
-    goes when the process ends."""
+    process. No garbage is collected: a matplotlib figure of many panels is a great many
+    objects in reference cycles, which the collector would walk again and again while the
+    figure is made, to free nothing; all of it goes when the process ends."""
     gc.disable()
     try:
         outcome = (True, job())

@@ -88,8 +88,8 @@ _SPARE_GRIDS: dict = {}  # panel count -> a grid made ahead (make_spare_grid), t
 
 def make_spare_grid(count: int) -> None:
     """A grid of `count` panels made ahead, for the next panel_grid(count) to take. Made
-    before the figures' processes fork, each inherits its own unused copy: a 50-panel grid
-    takes ~0.4 s to make (~8 ms an Axes), then paid once instead of in every figure."""
+    before the figures' processes fork, each inherits its own unused copy: the Axes of a
+    grid of many panels are much of a figure's cost, paid so once instead of in every figure."""
     if count:
         _SPARE_GRIDS[count] = new_panel_grid(count)
 
@@ -117,13 +117,13 @@ def panel_grid(count: int):
 
 def new_panel_grid(count: int, size=PANEL_SIZE):
     """A grid of `count` panels. Their axes are not shared by matplotlib: with dozens of
-    panels, every shared autoscale touches every sibling (quadratic; most of the drawing
-    time at 50 panels); finish() gives them one range instead."""
+    panels, every shared autoscale touches every sibling (quadratic in the panels);
+    finish() gives them one range instead."""
     columns = min(count, MAX_COLUMNS)
     rows = math.ceil(count / columns)
     fig = plt.figure(figsize=(size[0] * columns, size[1] * rows + 0.7))
     grid = fig.add_gridspec(rows, columns)
-    # Only the panels drawn on: an Axes takes ~15 ms to make, a hidden one as long.
+    # Only the panels drawn on: a hidden Axes costs as much to make as a shown one.
     return fig, [fig.add_subplot(grid[index // columns, index % columns]) for index in range(count)]
 
 
@@ -138,8 +138,8 @@ def log_ticks(low: float, high: float, base: int, most: int = 6) -> list[float]:
     """Tick positions for a log axis from low to high. Base 10: 1-2-5, else 1-3, else 1 times
     the powers of ten, the first of these giving 3 to `most` ticks; base 2: the powers of 2.
     Where too many, every k-th; where fewer than two, evenly spaced values. Fixed ticks with
-    plain labels: the default locator makes ticks beyond the view and mathtext labels, most
-    of the drawing time of a figure of many panels."""
+    plain labels: the default locator makes ticks beyond the view and mathtext labels, which
+    a figure of many panels pays for on every panel."""
     exponents = range(math.floor(math.log(low, base)), math.ceil(math.log(high, base)) + 1)
     steps = ((1, 2, 5), (1, 3), (1,)) if base == 10 else ((1,),)
     for multipliers in steps:
@@ -166,9 +166,8 @@ def axis_ticks(ax, axis: str) -> list[float]:
 def grid_and_ticks(ax, axis: str, ticks, labelled: bool) -> None:
     """Grid lines at `ticks` (one collection), and ticks labelled as plain numbers (no
     mathtext) where `labelled`; elsewhere no axis drawn at all: a matplotlib Tick is five
-    artists, and creating and drawing them on every panel took a quarter of a 50-panel
-    figure's time; an axis without ticks still placed its (empty) label by its siblings'
-    tick labels, a fifth of the drawing."""
+    artists, made and drawn on every panel, and an axis left visible without ticks still
+    places its (empty) label by its siblings' tick labels."""
     if labelled:
         getattr(ax, f"{axis}axis").set_minor_locator(matplotlib.ticker.NullLocator())
         getattr(ax, f"set_{axis}ticks")(ticks, [f"{t:g}" for t in ticks])
@@ -242,9 +241,8 @@ SERIES_KEY = ["host", "device", "model", "variant", "features"]
 
 
 def panels_of(rows: pd.DataFrame, columns: list[str]) -> dict:
-    """{(host, device): [(model, variant, features, rows by batch), …]} from one groupby, in
-    host order (a groupby per panel costs more than drawing it); the rows hold batch_size and
-    `columns` only (chopping all ~110 columns per line cost more than drawing it)."""
+    """{(host, device): [(model, variant, features, rows by batch), …]} from one groupby (not
+    one per panel), in host order; the rows hold batch_size and `columns` only."""
     rows = rows[SERIES_KEY + ["batch_size", *columns]].fillna({"features": DEFAULT_FEATURES})
     panels = {}
     for (host, device, model, variant, features), line in rows.sort_values("batch_size", kind="stable").groupby(
@@ -262,7 +260,7 @@ def batch_ticks(batches) -> list[int]:
 
 def whisker_line(x, low, high) -> tuple[np.ndarray, np.ndarray]:
     """Vertical segments from low to high at each x, as one path broken by NaN (a collection
-    transforms each segment on its own, ten times slower on a log axis)."""
+    transforms each segment on its own, which on a log axis costs far more than one path)."""
     keep = np.isfinite(high)
     x, low, high = x[keep], low[keep], high[keep]
     gap = np.full_like(x, np.nan)
@@ -270,8 +268,8 @@ def whisker_line(x, low, high) -> tuple[np.ndarray, np.ndarray]:
 
 
 def one_line(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Lines of one style (x, y) as one path broken by NaN: at 50 panels, an artist per line
-    cost more than drawing the line."""
+    """Lines of one style (x, y) as one path broken by NaN: one artist per style and panel,
+    not per line, whose fixed cost outweighs drawing the line."""
     gap = np.array([np.nan])
     return tuple(np.concatenate([piece for part in parts for piece in (part[axis], gap)]) for axis in (0, 1))
 
@@ -410,10 +408,9 @@ def draw_budgets(ax, budgets: pd.DataFrame, peak_mb: float) -> None:
 def accuracy_figure(cells):
     """Accuracy against batch-1 latency per sample, marker area ∝ file size, per host/device.
     Points are told apart by colour (variant) and marker (model), as the lines of the other
-    figures are: a variant's name beside each point overlapped its neighbours' and cost about a
-    quarter of the figure's drawing at 50 panels."""
+    figures are: a variant's name beside each point overlapped its neighbours', and was text
+    to lay out for every point."""
     rows = ok_cells(cells, "accuracy_valid_seen")
-    # The columns drawn only: itertuples over all ~110 took a third of the figure's making.
     rows = rows.loc[(rows["batch_size"] == 1) & rows["sample_latency_p50_ms"].notna(),
                     SERIES_KEY + ["model_file_mb", "sample_latency_p50_ms", "accuracy_valid_seen"]]
     if rows.empty:

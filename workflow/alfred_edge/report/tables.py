@@ -76,7 +76,7 @@ def headline(cells: pd.DataFrame, budgets: pd.DataFrame) -> list[dict]:
     """Per host/device: fastest at batch 1, highest throughput, the accuracy/latency front."""
     result = []
     columns = ["host", "device", "device_name", "model", "variant", "batch_size", "sample_latency_p50_ms",
-               "throughput_samples_per_s", "accuracy_valid_seen", "peak_memory_mb"]  # a row of 180 columns costs
+               "throughput_samples_per_s", "accuracy_valid_seen", "peak_memory_mb"]
     budgets_of = {host: list(zip(rows["budget"], rows["budget_mb"])) for host, rows in budgets.groupby("host")}
     for (host, device), panel in ok(cells)[columns].groupby(["host", "device"], sort=True):
         host_budgets = budgets_of.get(host, [])
