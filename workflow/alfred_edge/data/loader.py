@@ -35,8 +35,8 @@ from alfred_edge.data.store import MASK_SIZE
 def read_annotations(path: Path, first: int | None = None) -> pa.Table:
     """annotations.parquet, whole or only its first `first` rows. Those are read page by page,
     so the memory they take follows the rows kept, not the file: a benchmark of batch B holds
-    the same RAM whatever the store's size (a whole read of a 3 MB table raised RSS by 27 MB
-    in pyarrow's allocator)."""
+    the same RAM whatever the store's size (a whole read grows pyarrow's allocator with the
+    table, several times its size)."""
     if first is None:
         return pq.read_table(path)
     parquet = pq.ParquetFile(path)

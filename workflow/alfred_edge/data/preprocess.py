@@ -258,7 +258,8 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 def _read_ahead(load, entries: list[dict], workers: int = 2, depth: int = 4):
     """Yield (entry, future of load(entry)) in order, with up to `depth` loads running ahead
-    on `workers` threads (two threads measured twice as fast as one, benchmarks/bench_data.py)."""
+    on `workers` threads: reading a file and torch's decoding of it release the GIL, so two
+    threads overlap one file's read with another's decoding."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 

@@ -41,8 +41,9 @@ ANNOTATION_COLUMNS = {
     "bboxes": "[x1, y1, x2, y2] per interaction step, flat",
 }
 NPY_HEADER_BYTES = 128  # fixed, so the header can be rewritten once the frame count is known
-# Bytes the tables take per trajectory, beyond its frames (a planning estimate, mostly the
-# run-length masks once per annotation: ~14 kB for ALFRED's sample, ~1.5 kB synthetic).
+# Bytes the tables take per trajectory, beyond its frames: a planning estimate, mostly the
+# run-length masks once per annotation, set above what ALFRED's sample takes so that the
+# plan errs on the safe side.
 TABLE_BYTES_PER_TRAJECTORY = 16 * 1024
 
 
@@ -77,8 +78,8 @@ def read_meta(store_dir: str | Path) -> dict:
 
 def dequantize(frames: np.ndarray, scale: np.ndarray | None):
     """Stored frames [n,512,7,7] (e.g. a slice of the memory map) -> a new float32 torch
-    tensor; `scale` [512] for uint8 stores. Converts with torch (several times faster than
-    numpy's float16 -> float32)."""
+    tensor; `scale` [512] for uint8 stores. Converts with torch, whose float16 -> float32
+    conversion is the faster one."""
     import warnings
 
     import torch

@@ -32,8 +32,8 @@ import numpy as np
 
 FRAME_SHAPE = (512, 7, 7)
 FRAME_BYTES = 512 * 7 * 7 * 4  # one float32 frame in feat_conv.pt
-# torch.save's zip container around the tensor data (measured with torch 2.x: ~1.1-1.6 kB);
-# used only for the parse-time estimate of a synthetic feat_conv.pt's size.
+# torch.save's zip container around the tensor data, rounded up; used only for the
+# parse-time estimate of a synthetic feat_conv.pt's size.
 TORCH_SAVE_OVERHEAD = 1536
 IMAGE_SIZE = 300
 GRID = 7

@@ -73,8 +73,8 @@ def model_from_record(record: dict, device="cpu"):
 @contextmanager
 def _no_init_on_meta(device):
     """On the meta device, torch.nn.init's functions become no-ops: the values are never
-    used, and init.normal_ on a meta tensor imports torch._dynamo (about 2 s, in every
-    benchmark process that loads an `lstm`)."""
+    used, and init.normal_ on a meta tensor imports torch._dynamo (a costly import, in
+    every benchmark process that loads an `lstm`)."""
     from torch.nn import init
 
     if str(device) != "meta":

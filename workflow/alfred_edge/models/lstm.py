@@ -51,9 +51,8 @@ def dot_attention(inp, h):
 
 def transposed_layout(x) -> bool:
     """Whether linear() / lstm_cell() compute their products on x as weight @ x.T: on a float32
-    CPU batch [B,in]. MKL's sgemm takes up to 3x longer for x @ weight.T (nn.Linear's product)
-    than for this layout at a few rows, a decoder step's batch: weight 4096x4648, 2 threads,
-    8 rows 17 vs 10 ms, 1 row the same (6 ms)."""
+    CPU batch [B,in]. At a few rows, a decoder step's batch, MKL's sgemm is slower for
+    x @ weight.T (nn.Linear's product) than for this layout."""
     return x.dim() == 2 and x.device.type == "cpu" and x.dtype == torch.float32
 
 
@@ -91,7 +90,7 @@ class ResnetVisualEncoder(nn.Module):
         self.bn2 = nn.BatchNorm2d(c2)
 
     def forward(self, x):  # x [B,512,7,7]
-        x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's 1x1 convs: 4x faster in fp16/bf16 on CPU
+        x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout for fp16/bf16 1x1 convs on CPU
         x = F.relu(self.bn1(self.conv1(x)))  # [B,256,7,7]
         x = F.relu(self.bn2(self.conv2(x)))  # [B,64,7,7]
         return linear(self.fc, x.reshape(x.shape[0], FLAT))  # [B,dframe]
@@ -121,8 +120,8 @@ class MaskDecoder(nn.Module):
 
     def forward(self, x):  # x [B,d_in]
         x = F.relu(linear(self.d1, x)).reshape(-1, 64, 7, 7)
-        if x.dtype == torch.float32:  # oneDNN's transposed convs on CPU: ~3x faster channels-last in
-            x = x.contiguous(memory_format=torch.channels_last)  # float32, slower in fp16/bf16
+        if x.dtype == torch.float32:  # channels-last: oneDNN's fast layout for transposed convs on
+            x = x.contiguous(memory_format=torch.channels_last)  # CPU in float32, not in fp16/bf16
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # [B,64,14,14]
         x = F.relu(self.bn2(self.dconv3(x)))  # [B,32,28,28]
         x = F.interpolate(x, scale_factor=2, mode="nearest")  # [B,32,56,56]
@@ -223,8 +222,8 @@ class Seq2SeqImMask(nn.Module):
         [B,max(len),2*dhid], zero after each length (as pad_packed_sequence gives it). A float
         nn.LSTM runs each direction on the padded batch, the backward one on rows reversed
         within their length: oneDNN's fused kernel then serves every batch, where a packed
-        batch of 8 fell back to a per-token loop (ALFRED's size, 2 threads: 39 instead of 84 ms;
-        same outputs). The dynamic int8 LSTM takes the packed batch."""
+        batch fell back to a per-token loop (the outputs are the same). The dynamic int8 LSTM
+        takes the packed batch."""
         if not isinstance(self.enc, nn.LSTM):
             packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
             return pad_packed_sequence(self.enc(packed)[0], batch_first=True)[0]
