@@ -292,6 +292,6 @@ if __name__ == "__main__":
     exit_code = main(sys.argv[1:])
     sys.stdout.flush()
     sys.stderr.flush()
-    # The result is written: skip the interpreter's teardown, which after torch takes about
-    # 1.3 s per process (one per cell) and measures nothing.
+    # The result is written: skip the interpreter's teardown, which after torch is slow, comes
+    # once per cell and measures nothing.
     os._exit(exit_code)

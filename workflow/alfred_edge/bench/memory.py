@@ -23,9 +23,9 @@ LEAK_GROWTH_FRACTION = 0.05
 
 
 def rss_mb() -> float:
-    """Resident memory of this process now: one pread of /proc/self/statm, kept open (~2 µs;
-    opening it each time costs 20-40 µs, which a trace read after every iteration adds to
-    each latency)."""
+    """Resident memory of this process now: one pread of /proc/self/statm, kept open (opening
+    it each time costs several times more, and a trace reads it after every iteration,
+    inside the timed latencies)."""
     try:
         return int(os.pread(_statm_fd(), 128, 0).split()[1]) * _PAGE / MB
     except OSError:

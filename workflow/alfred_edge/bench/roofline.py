@@ -45,8 +45,8 @@ def episode_flops(torch, model, lang, lang_lengths, frames) -> dict:
     "mask" (one mask: the step with a mask minus the same step, on a copy of its state,
     without). Every op of these models works per episode, so a cell scales them by its batch
     (cell_flops). Matmuls and convolutions are counted, elementwise ops are not: a lower
-    bound. The counter's first use imports torch._dynamo and sympy (2-4 s), so the pipeline
-    counts once per model (rule bench_flops), not in every cell."""
+    bound. The counter's first use imports torch._dynamo and sympy, which takes seconds, so
+    the pipeline counts once per model (rule bench_flops), not in every cell."""
     import copy
 
     from torch.utils.flop_counter import FlopCounterMode

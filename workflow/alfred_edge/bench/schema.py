@@ -23,11 +23,10 @@ _ARROW_TYPES = {
 }
 
 # A benchmark file holds a row or a few, and the aggregation parses thousands of them:
-# dictionary pages and column statistics tell a reader nothing at that size and lengthen
-# each parse by about a quarter (pyarrow's, 108 columns: 1.8 instead of 2.5 ms a file). Nor
-# is the Arrow schema stored: Parquet's own types read back as the same Arrow types, the
-# units and descriptions it carried are in the schema file (and in results.parquet), and a
-# cells file shrinks from 44 to 13 KB and parses in 10-15 % less CPU (polars, paired runs).
+# dictionary pages and column statistics tell a reader nothing at that size and only
+# lengthen each parse. Nor is the Arrow schema stored: Parquet's own types read back as the
+# same Arrow types, and the units and descriptions it carried are in the schema file (and
+# in results.parquet), so a copy in every file would be bytes to write and parse for nothing.
 PARQUET_OPTIONS = {"use_dictionary": False, "write_statistics": False, "store_schema": False}
 
 
