@@ -40,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-report-"))
     bench, reports = root / "reports" / "bench", root / "reports"
+    print(f"{host_load()} (before the run)")
     try:
         started = time.perf_counter()
         cells = 0

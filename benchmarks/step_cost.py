@@ -4,7 +4,8 @@ machine is shared and noisy).
 
 1. Step cost against the step index: the transformer with its KV cache, the same model
    without the cache, and the lstm, at the config's sizes. Each episode decodes 64 steps; the
-   step-1 and step-64 times are medians over episodes, measured in the same run, side by side.
+   step-1 and step-64 times are medians over episodes, the models taking turns episode by
+   episode.
 2. Training: with --train, trains both models as configured on a store (default data/store)
    and prints wall time and teacher-forced accuracy; otherwise prints the figures recorded in
    models/{model}/train_metrics.parquet by the pipeline.
@@ -36,20 +37,23 @@ def synthetic_vocab(n_words=100, n_actions=15):
 
 
 @torch.no_grad()
-def step_times(model, batch, episodes, lang_len=40):
-    """Per step index, the median wall time of model.step over `episodes` episodes."""
+def step_times(models: dict, batch, episodes, lang_len=40) -> dict:
+    """{name: per step index, the median wall time of model.step over `episodes` episodes}.
+    The models take turns episode by episode, so that a change in the machine's load falls
+    on all of them."""
     g = torch.Generator().manual_seed(0)
     lang = torch.randint(3, 100, (batch, lang_len), generator=g)
     lengths = torch.full((batch,), lang_len)
     frames = torch.rand(STEPS, batch, 512, 7, 7, generator=g)
-    times = [[] for _ in range(STEPS)]
+    times = {name: [[] for _ in range(STEPS)] for name in models}
     for _ in range(episodes + 1):  # the first episode warms up
-        state = model.encode(lang, lengths)
-        for t in range(STEPS):
-            start = time.perf_counter()
-            _, _, state = model.step(state, frames[t])
-            times[t].append(time.perf_counter() - start)
-    return [statistics.median(ts[1:]) for ts in times]
+        for name, model in models.items():
+            state = model.encode(lang, lengths)
+            for t in range(STEPS):
+                start = time.perf_counter()
+                _, _, state = model.step(state, frames[t])
+                times[name][t].append(time.perf_counter() - start)
+    return {name: [statistics.median(ts[1:]) for ts in per_step] for name, per_step in times.items()}
 
 
 def bench_steps(config, args):
@@ -60,13 +64,13 @@ def bench_steps(config, args):
         "transformer (no cache)": build_model("transformer", {**config["transformer"], "kv_cache": False}, vocab).eval(),
         "lstm": build_model("lstm", config["lstm"], vocab).eval(),
     }
-    print(f"step cost, batch {args.batch}, {torch.get_num_threads()} threads, medians of {args.episodes} episodes")
+    print(f"step cost, batch {args.batch}, {torch.get_num_threads()} threads, medians of {args.episodes} episodes, "
+          f"the models in turn; {host_load()} (before)")
     print(f"{'model':<24} {'step 1 ms':>10} {'step 16 ms':>11} {'step 64 ms':>11} {'64 / 1':>7}")
-    for name, model in models.items():
-        t = step_times(model, args.batch, args.episodes)
+    for name, t in step_times(models, args.batch, args.episodes).items():
         print(f"{name:<24} {t[0] * 1e3:10.2f} {t[15] * 1e3:11.2f} {t[-1] * 1e3:11.2f} {t[-1] / t[0]:7.2f}"
               + ("  (goal <= 1.5)" if name == "transformer (kv cache)" else ""))
-    print(host_load())
+    print(f"{host_load()} (after)")
 
 
 def bench_training(config, args):
