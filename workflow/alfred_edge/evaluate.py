@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from alfred_edge.data.dataset import VALID_SPLITS
+
 PAD = 0
 ACTION_STOP = 2  # <<stop>> in action_low (ALFRED's index; alfred_edge.data.vocab.ACTION_STOP)
 MAX_SUBGOALS = 25  # ALFRED's normaliser of the subgoal-progress target
-SPLITS = ("valid_seen", "valid_unseen")
 
 
 def action_loss(logits, actions):
@@ -192,7 +193,7 @@ def split_loader(store_split_dir, batch_size, shuffle=False, generator=None):
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
 
 
-def evaluate(model, store_dir, device="cpu", splits=SPLITS, batch_size=8, weights=None) -> dict:
+def evaluate(model, store_dir, device="cpu", splits=VALID_SPLITS, batch_size=8, weights=None) -> dict:
     """Metrics of `model` on each split of the store (data/store): {"<split>/<metric>": value}.
     The model must have been trained on the store's vocabulary (checked: vocab.json)."""
     from alfred_edge.models import check_vocab

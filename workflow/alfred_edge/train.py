@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 
 from alfred_edge import atomic
+from alfred_edge.data.dataset import VALID_SPLITS
 from alfred_edge.evaluate import DEFAULT_WEIGHTS, compute_losses, evaluate_loader, gt_masks, split_loader, to_device
 from alfred_edge.models import build_model, save_model
 
 log = logging.getLogger(__name__)
-VALID_SPLITS = ("valid_seen", "valid_unseen")
 BEST_BY = "valid_seen/free_loss"
 
 

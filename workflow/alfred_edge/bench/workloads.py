@@ -30,10 +30,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from alfred_edge.bench.harness import BatchSizeError
+from alfred_edge.data.dataset import FRAME_SHAPE
 from alfred_edge.models.common import step_masks
 
 MASK_SHAPE = (1, 300, 300)
-FRAME_SHAPE = (512, 7, 7)
 EPISODE_POOL = 8  # episodes every cell decodes in turn (batches 1, 2, 4 and 8 all cover the same 8)
 
 

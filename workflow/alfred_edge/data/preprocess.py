@@ -31,6 +31,7 @@ import pandas as pd
 from alfred_edge import atomic
 from alfred_edge.data import store
 from alfred_edge.data.budget import reservation
+from alfred_edge.data.dataset import FRAME_SHAPE
 from alfred_edge.data.tokenize import tokenize
 from alfred_edge.data.vocab import ACTION_STOP, GOAL, NON_INTERACT, PAD, STOP_WORD, index, load_vocab
 from alfred_edge.joblog import JobError
@@ -129,8 +130,8 @@ def read_features(feat_path: Path, traj: dict):
         raise BadInput(feat_path, f"holds a {type(feat).__name__}, not a tensor")
     if not feat.is_floating_point():
         raise BadInput(feat_path, f"holds {str(feat.dtype).removeprefix('torch.')} values, expected float32 features")
-    if feat.dim() != 4 or tuple(feat.shape[1:]) != store.FRAME_SHAPE:
-        raise BadInput(feat_path, f"has shape {list(feat.shape)}, expected [n_frames, 512, 7, 7]")
+    if feat.dim() != 4 or tuple(feat.shape[1:]) != FRAME_SHAPE:
+        raise BadInput(feat_path, f"has shape {list(feat.shape)}, expected [n_frames, {', '.join(map(str, FRAME_SHAPE))}]")
     n_steps = len(traj["plan"]["low_actions"]) + 1
     if feat.shape[0] != n_steps:
         feat = feat[full_layout_frames(feat_path, feat.shape[0], traj)]
@@ -368,7 +369,7 @@ def _write_store(split, subset, vocab, vocab_path, root, out_dir, dtype, on_bad_
         atomic.write_parquet(pd.DataFrame(annotations, columns=list(store.ANNOTATION_COLUMNS)), tmp / store.ANNOTATIONS)
         atomic.write_parquet(pd.DataFrame(rejected, columns=["split", "task", "path", "reason"]), tmp / store.REJECTED)
         meta = {
-            "split": split, "dtype": dtype, "frame_shape": list(store.FRAME_SHAPE),
+            "split": split, "dtype": dtype, "frame_shape": list(FRAME_SHAPE),
             "n_trajectories": len(trajectories), "n_annotations": len(annotations), "n_frames": n_frames,
             "n_rejected": len(rejected), "raw_feature_bytes": raw_bytes,
             "frames_bytes": (tmp / store.FRAMES).stat().st_size,

@@ -15,13 +15,15 @@ Reading one trajectory touches only its rows of the memory map."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
-FRAME_SHAPE = (512, 7, 7)
+from alfred_edge.data.dataset import FRAME_SHAPE
+
 MASK_SIZE = 300  # ALFRED's frames and interaction masks are 300x300
-FRAME_VALUES = 512 * 7 * 7
+FRAME_VALUES = math.prod(FRAME_SHAPE)
 FRAMES, SCALES, META = "frames.npy", "scales.npy", "meta.json"
 TRAJECTORIES, ANNOTATIONS, REJECTED = "trajectories.parquet", "annotations.parquet", "rejected.parquet"
 DTYPES = {"float16": np.float16, "uint8": np.uint8, "float32": np.float32}
@@ -53,14 +55,14 @@ def frame_bytes(dtype: str) -> int:
 
 def planned_store_bytes(n_frames: int, n_trajectories: int, dtype: str) -> int:
     """Bytes a split's store takes: frames, scales (uint8) and tables (estimated)."""
-    scales = n_trajectories * 512 * 4 if dtype == "uint8" else 0
+    scales = n_trajectories * FRAME_SHAPE[0] * 4 if dtype == "uint8" else 0
     return NPY_HEADER_BYTES + n_frames * frame_bytes(dtype) + scales + n_trajectories * TABLE_BYTES_PER_TRAJECTORY
 
 
 def npy_header(dtype: str, n_frames: int) -> bytes:
     """A version 1.0 .npy header of exactly NPY_HEADER_BYTES bytes."""
     descr = np.lib.format.dtype_to_descr(np.dtype(DTYPES[dtype]))
-    text = "{'descr': %r, 'fortran_order': False, 'shape': (%d, 512, 7, 7), }" % (descr, n_frames)
+    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (descr, (n_frames, *FRAME_SHAPE))
     body_len = NPY_HEADER_BYTES - 10
     text = text.ljust(body_len - 1) + "\n"
     if len(text) != body_len:

@@ -25,13 +25,15 @@ inputs, not noise.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-FRAME_SHAPE = (512, 7, 7)
-FRAME_BYTES = 512 * 7 * 7 * 4  # one float32 frame in feat_conv.pt
+from alfred_edge.data.dataset import FRAME_SHAPE, SPLITS
+
+FRAME_BYTES = math.prod(FRAME_SHAPE) * 4  # one float32 frame in feat_conv.pt
 # torch.save's zip container around the tensor data, rounded up; used only for the
 # parse-time estimate of a synthetic feat_conv.pt's size.
 TORCH_SAVE_OVERHEAD = 1536
@@ -60,7 +62,6 @@ MOVABLE_RECEPTACLES = ["Bowl", "Box", "Pan", "Plate"]
 LAMPS = ["DeskLamp", "FloorLamp"]
 TRAIN_SCENES = [s for base in (0, 200, 300, 400) for s in range(base + 7, base + 31)]
 UNSEEN_SCENES = [10, 219, 308, 424]  # ALFRED's valid_unseen scenes; kept out of train/valid_seen
-SPLITS = ["train", "valid_seen", "valid_unseen"]
 
 NAV_PHRASES = {
     "MoveAhead_25": ["walk forward", "move ahead", "go forward"],

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from alfred_edge.data.dataset import FRAME_SHAPE
+
+FRAME_DIMS = ",".join(map(str, FRAME_SHAPE))  # as the messages write a shape
 BATCH_KEYS = ("lang", "lang_lengths", "frames", "frame_lengths", "actions", "valid_interact")
-FRAME_SHAPE = (512, 7, 7)
 
 
 def check_encode_inputs(lang, lang_lengths) -> int:
@@ -28,7 +30,7 @@ def check_step_inputs(state, frames_t, prev_action) -> None:
     batch = state["batch"]
     if tuple(frames_t.shape) != (batch, *FRAME_SHAPE):
         raise ValueError(
-            f"frames_t must be [B,512,7,7] with B = {batch} (the batch given to encode), got {tuple(frames_t.shape)}"
+            f"frames_t must be [B,{FRAME_DIMS}] with B = {batch} (the batch given to encode), got {tuple(frames_t.shape)}"
         )
     if prev_action is None:
         return
@@ -69,7 +71,7 @@ def check_batch(batch) -> int:
         raise ValueError(f"batch size mismatch between tensors: {sizes}")
     frames, actions, interact = batch["frames"], batch["actions"], batch["valid_interact"]
     if frames.dim() != 5 or tuple(frames.shape[2:]) != FRAME_SHAPE:
-        raise ValueError(f"frames must be [B,T,512,7,7], got {tuple(frames.shape)}")
+        raise ValueError(f"frames must be [B,T,{FRAME_DIMS}], got {tuple(frames.shape)}")
     if actions.shape != frames.shape[:2] or interact.shape != frames.shape[:2]:
         raise ValueError(
             f"frames {tuple(frames.shape[:2])}, actions {tuple(actions.shape)} and valid_interact "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from alfred_edge.data.dataset import FRAME_SHAPE
+
 # Architecture defaults, shared with the model code (which imports them from here, so the
 # count and the model can never disagree on a default).
 LSTM_DEFAULTS = {
@@ -38,9 +40,9 @@ TRANSFORMER_DEFAULTS = {
 }
 DEFAULTS = {"lstm": LSTM_DEFAULTS, "transformer": TRANSFORMER_DEFAULTS}
 
-RESNET_CHANNELS = 512  # ResNet-18 layer4 output: [512, 7, 7]
+RESNET_CHANNELS = FRAME_SHAPE[0]
 VIS_CHANNELS = (256, 64)  # 1x1 convs of ALFRED's ResnetVisualEncoder
-FLAT = 64 * 7 * 7  # 3136
+FLAT = VIS_CHANNELS[-1] * FRAME_SHAPE[1] * FRAME_SHAPE[2]  # 3136
 
 
 def architecture(name: str, model_config: Mapping) -> dict:

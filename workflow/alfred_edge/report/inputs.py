@@ -12,12 +12,13 @@ from typing import Iterable
 import pandas as pd
 import pyarrow.parquet as pq
 
+from alfred_edge.data.dataset import VALID_SPLITS
+
 log = logging.getLogger("alfred_edge.report")
 
-SPLITS = ("valid_seen", "valid_unseen")
 # The columns of an eval table (alfred_edge.quantize.eval_table) the page shows, in order.
 EVAL_COLUMNS = ["model", "variant", "status", "reason", "file_size_mb", "size_ratio"] + [
-    f"{metric}_{split}" for metric in ("accuracy", "action_f1", "action_em", "mask_iou") for split in SPLITS
+    f"{metric}_{split}" for metric in ("accuracy", "action_f1", "action_em", "mask_iou") for split in VALID_SPLITS
 ] + ["engine", "eval_device"]
 
 
@@ -40,7 +41,7 @@ def accuracy_by_split(path: str | Path) -> dict:
     accuracy) from one eval table; absent where the variant was not evaluated."""
     frame = read_parquet(Path(path))
     result = {}
-    for split in SPLITS:
+    for split in VALID_SPLITS:
         column = f"accuracy_{split}"
         if column in frame and frame[column].notna().any():
             result[f"accuracy_{split}"] = float(frame[column].dropna().iloc[0])
