@@ -187,11 +187,11 @@ def test_template_change_reruns_only_the_report_page(finished_run):
 
 
 def test_package_module_change_reruns_the_rules_that_use_it(finished_run):
-    module = finished_run / "workflow/alfred_edge/quantize.py"
+    module = finished_run / "workflow/alfred_edge/quantize/__init__.py"
     with edited(module, lambda text: text + "\nSUPPORTED = frozenset(VARIANTS)\n"):
         output = snakemake(finished_run, "-n")
-    # quantize.py is used by quantizing, evaluating and benchmarking (FLOP counts, cells,
-    # capacity): not by the data stage, training or the roofline.
+    # the quantize package is used by quantizing, evaluating and benchmarking (FLOP counts,
+    # cells, capacity): not by the data stage, training or the roofline.
     assert job_stats(output) == {"evaluate_fp32": 2, "quantize": 2, "bench_flops": 2, "bench": 4,
                                  "bench_capacity": 4, "aggregate": 1, "summary": 1, "all": 1}
     assert "Params have changed" in output

@@ -1,6 +1,8 @@
 """Compression variants: every variant survives save -> load with identical outputs, the
 tied action head still works after int8, file sizes at ALFRED's sizes, and a clear
 message for each way a variant can be unavailable."""
+import dataclasses
+import subprocess
 import sys
 import warnings
 
@@ -9,6 +11,9 @@ import torch
 from torch import nn
 
 from alfred_edge import quantize as Q
+from alfred_edge import variants
+from alfred_edge.models.file_format import VARIANT_FORMAT
+from alfred_edge.quantize import conversions
 from alfred_edge.models import build_model, save_model
 from model_inputs import random_batch, tiny_vocab
 
@@ -118,7 +123,7 @@ def test_linear_tied_to_embedding_stays_float():
             self.head.weight = self.emb.weight
 
     model = TiedLM()
-    assert Q.int8_targets(model) == {"rnn", "cell", "proj"}
+    assert conversions.int8_targets(model) == {"rnn", "cell", "proj"}
     quantized = Q.make_variant(model, "int8_dynamic")
     assert quantized.head.weight is quantized.emb.weight
     assert "quantized" in type(quantized.proj).__module__
@@ -180,7 +185,7 @@ def test_bf16_is_refused_below_compute_capability_8_where_it_is_only_emulated(mo
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Xavier")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 2))
-    monkeypatch.setattr(Q, "probe_low_precision", lambda variant, device: probed.append((variant, device.type)))
+    monkeypatch.setattr(conversions, "probe_low_precision", lambda variant, device: probed.append((variant, device.type)))
     with pytest.raises(Q.VariantUnavailable, match=r"Xavier \(compute capability 7\.2\) has no bfloat16 arithmetic"):
         Q.check_available("bf16", "cuda")
     assert probed == []
@@ -246,7 +251,7 @@ class Payload:
 
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "int8_dynamic.pt"
-    torch.save({"format": Q.FILE_FORMAT, "variant": "int8_dynamic", "evil": Payload()}, path)
+    torch.save({"format": VARIANT_FORMAT, "variant": "int8_dynamic", "evil": Payload()}, path)
     with pytest.raises(ValueError, match="Unsupported global"):
         Q.load_variant(path, "cpu")
 
@@ -256,15 +261,41 @@ def test_missing_file(tmp_path):
         Q.load_variant(tmp_path / "fp16.pt", "cpu")
 
 
+def test_every_variant_of_the_registry_has_its_conversion_and_the_registry_needs_no_torch():
+    """alfred_edge.variants is the one list of variant names (the storage plan, the report and
+    the workflow's parse read it without torch); each name has its conversion."""
+    assert set(conversions.CONVERSIONS) == set(variants.NAMES) == set(VARIANTS)
+    code = ("import sys; import alfred_edge.variants, alfred_edge.data.plan, alfred_edge.report.discover; "
+            "print(sorted(m for m in ('torch', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_variant_runs_on_the_devices_the_registry_names(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(variants, "VARIANTS", {**variants.VARIANTS, "fp16": dataclasses.replace(
+        variants.VARIANTS["fp16"], devices=("cpu",))})
+    with pytest.raises(Q.VariantUnavailable, match=r"CPU only, not on cuda \(variants that run there: fp32, bf16\)"):
+        Q.check_available("fp16", "cuda")
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_int8_of_torch_transformer_layers_runs_in_eval():
-    """nn.TransformerEncoderLayer's fast path reads linear1.weight as a tensor; int8 turns
-    it off (quantization.md §3), so the quantized layer runs under no_grad in eval mode."""
+    """nn.TransformerEncoderLayer's fast path (and nn.TransformerEncoder's, with a padding
+    mask) reads linear1.weight as a tensor; int8 keeps the quantized layers off it, so they
+    run under no_grad in eval mode, and torch's global fast-path switch stays on for the rest."""
     layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True).eval()
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2).eval()
     x = torch.randn(2, 5, 16)
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
     try:
         quantized = Q.make_variant(layer, "int8_dynamic")
+        quantized_encoder = Q.make_variant(encoder, "int8_dynamic")
+        assert torch.backends.mha.get_fastpath_enabled()
         with torch.no_grad():
             assert (quantized(x) - layer(x)).abs().max() < 0.25
+            encoded = quantized_encoder(x, src_key_padding_mask=padding)
+            assert (encoded - encoder(x, src_key_padding_mask=padding))[~padding].abs().max() < 0.25
     finally:
         torch.backends.mha.set_fastpath_enabled(True)  # the default, for the tests that follow
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from alfred_edge import quantize as Q
+from alfred_edge.quantize import conversions
 from alfred_edge.data.vocab import load_vocab
 from alfred_edge.models import build_model, save_model
 from conftest import build_store
@@ -103,7 +104,7 @@ def test_variant_that_cannot_be_built_gets_a_row_and_a_file_with_the_reason(fp32
     def unavailable(variant, device):
         raise Q.VariantUnavailable(variant, "float16 kernels missing on cpu")
 
-    monkeypatch.setattr(Q, "probe_low_precision", unavailable)
+    monkeypatch.setattr(conversions, "probe_low_precision", unavailable)
     table, variant_path = run_job(fp32_path, "fp16", store)
     row = table.iloc[0]
     assert (row["status"], row["reason"]) == ("unavailable", "float16 kernels missing on cpu")

@@ -10,13 +10,14 @@ from pathlib import Path
 
 from alfred_edge.data import manifest, subset, synthetic
 from alfred_edge.data.store import planned_store_bytes
+from alfred_edge.variants import VARIANTS
 
 DTYPES = ("float16", "uint8", "float32")
 # Vocabulary sizes used for model-size estimates before the vocabulary exists (ALFRED's
 # word vocabulary has 2,360 entries; the synthetic one about 80).
 ESTIMATED_VOCAB = {"synthetic": {"word": 100, "action_low": 15}, "alfred": {"word": 2400, "action_low": 15}}
-# Bytes a quantized variant takes relative to fp32 (weights dominate; int8 keeps some fp32).
-VARIANT_FRACTION = {"fp32": 1.0, "fp16": 0.5, "bf16": 0.5, "int8_dynamic": 0.3}
+# Bytes a variant's file takes relative to fp32's, by name (the registry's size_fraction).
+VARIANT_FRACTION = {name: variant.size_fraction for name, variant in VARIANTS.items()}
 RESULTS_BYTES_PER_CELL = 64 * 1024
 
 

@@ -6,21 +6,20 @@
     out = model(batch)                              # whole sequences, for training
     save_model(model, "models/lstm/fp32.pt");  model = load_model("models/lstm/fp32.pt", "cuda")
 
-A model file (`fp32.pt`) is a plain dict that torch.load(weights_only=True) reads: format,
-model name, architecture config, vocabulary sizes and digest, state dict. The digest ties the
-weights to the store's vocab.json; `check_vocab` turns a mismatch into an error naming both files.
+A model file (`fp32.pt`, format: models/file_format.py) holds the model name, architecture
+config, vocabulary sizes and digest, and the state dict. The digest ties the weights to the
+store's vocab.json; `check_vocab` turns a mismatch into an error naming both files.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from contextlib import contextmanager
-from pathlib import Path
 
+from .file_format import MODEL_FORMAT, read_file, write_file
 from .sizes import DEFAULTS, architecture, parameter_count
 
 MODEL_NAMES = tuple(DEFAULTS)
-FILE_FORMAT = "alfred-edge-model/1"
 VOCAB_KINDS = ("word", "action_low")  # what the models use from vocab.json
 
 
@@ -94,7 +93,7 @@ def _no_init_on_meta(device):
 def model_record(model) -> dict:
     """What a model file holds besides the weights."""
     return {
-        "format": FILE_FORMAT,
+        "format": MODEL_FORMAT,
         "model": model.name,
         "config": dict(model.config),
         "vocab_sizes": dict(model.vocab_sizes),
@@ -104,29 +103,12 @@ def model_record(model) -> dict:
 
 def save_model(model, path, **extra) -> None:
     """Write the model's float weights and record atomically (extra: plain values to keep)."""
-    import torch
-
-    from alfred_edge.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save({**model_record(model), **extra, "state_dict": model.state_dict()}, tmp)
+    write_file({**model_record(model), **extra, "state_dict": model.state_dict()}, path)
 
 
 def read_model_file(path, device="cpu") -> dict:
     """The dict of a model file, its tensors memory-mapped and placed on `device`."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    try:
-        record = torch.load(path, map_location=device, weights_only=True, mmap=True)
-    except Exception as error:  # truncated, not a zip, or objects beyond plain tensors
-        raise ValueError(f"{path}: not a readable alfred-edge model file ({type(error).__name__}: {error})") from error
-    if not isinstance(record, dict) or record.get("format") != FILE_FORMAT:
-        found = record.get("format") if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"{path}: not an alfred-edge model file (format {found!r}, expected {FILE_FORMAT!r})")
-    return record
+    return read_file(path, "model", (MODEL_FORMAT,), device)
 
 
 def load_model(path, device="cpu", vocab_path=None):

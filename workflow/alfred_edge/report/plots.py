@@ -18,12 +18,13 @@ from matplotlib.collections import LineCollection  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from alfred_edge.variants import VARIANTS  # noqa: E402
+
 MAX_COLUMNS = 4
 PANEL_SIZE = (4.2, 3.2)
 DEFAULT_FEATURES = "mmap"  # series read another way are labelled with it
 MODEL_MARKERS = {"lstm": "o", "transformer": "s"}
 OTHER_MARKERS = "^vD<>ph*"
-VARIANT_COLOURS = {"fp32": "#1f77b4", "int8_dynamic": "#d62728", "fp16": "#2ca02c", "bf16": "#9467bd"}
 GRID_STYLE = {"colors": "#b0b0b0", "linewidths": 0.8, "alpha": 0.3}  # matplotlib's grid, as ax.grid(alpha=0.3) draws it
 OTHER_COLOURS = ["#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
@@ -52,7 +53,7 @@ class Styles:
         models = sorted(series["model"].dropna().unique())
         extra_colours = iter(OTHER_COLOURS * (1 + len(variants) // len(OTHER_COLOURS)))
         extra_markers = iter(OTHER_MARKERS * (1 + len(models) // len(OTHER_MARKERS)))
-        self.colour = {v: VARIANT_COLOURS.get(v) or next(extra_colours) for v in variants}
+        self.colour = {v: VARIANTS[v].colour if v in VARIANTS else next(extra_colours) for v in variants}
         self.marker = {m: MODEL_MARKERS.get(m) or next(extra_markers) for m in models}
         self.variants = variants
 
