@@ -75,10 +75,10 @@ def test_a_bench_file_has_no_dictionary_pages_or_statistics(tmp_path):
 
 
 def test_cuda_absent_in_torch_is_skipped_in_the_child():
-    with pytest.raises(Exception) as info:
-        child.measure_cell(fake_spec(device="cuda"), torch)
     if torch.cuda.is_available():
         pytest.skip("this host has CUDA")
+    with pytest.raises(Exception) as info:
+        child.measure_cell(fake_spec(device="cuda"), torch)
     cols = child.failure_columns(info.value, torch)
     assert cols["status"] == "skipped" and "no CUDA device" in cols["error"]
 
@@ -191,10 +191,10 @@ class GpuMemoryRssDoesNotShow:
 
 
 def test_the_capacity_search_counts_gpu_memory_and_stops_after_the_batch_that_passed(tmp_path, monkeypatch):
-    monkeypatch.setattr(child.memory, "DeviceMemory", GpuMemoryRssDoesNotShow)
+    monkeypatch.setattr(memory, "DeviceMemory", GpuMemoryRssDoesNotShow)
     progress = tmp_path / "progress.jsonl"
     cap = {"batches": [1, 2, 4, 8], "steps": 1, "factor": 2.0, "max_seconds": 600, "limit_mb": 3000.0}
-    result = child.measure_capacity(fake_spec(capacity=cap, progress_path=str(progress)), torch)
+    result = capacity.measure_search(fake_spec(capacity=cap, progress_path=str(progress)), torch)
     lines = [json.loads(line) for line in progress.read_text().splitlines()]
     assert result == {"measured_stop_reason": "ram_limit"} and [p["batch"] for p in lines] == [1, 2]
     assert lines[1]["peak_memory_mb"] > 3000 + memory.rss_mb() * 0.5 and lines[0]["memory_method"] == "rss+nvmap"
@@ -204,7 +204,7 @@ def test_the_capacity_search_counts_gpu_memory_and_stops_after_the_batch_that_pa
 
 
 def test_a_cells_gpu_memory_counts_in_its_peak_and_against_the_ram_limit():
-    cols = child.total_memory_columns(800.0, GpuMemoryRssDoesNotShow(torch, "cuda"), device_before_mb=2500.0)
+    cols = memory.total_memory_columns(800.0, GpuMemoryRssDoesNotShow(torch, "cuda"), device_before_mb=2500.0)
     assert cols == {"peak_device_memory_mb": 2500.0, "peak_memory_mb": 3300.0, "memory_method": "rss+nvmap"}
     result = {"status": "ok", "peak_rss_mb": 800.0, **cols}
     under = runner.exit_columns(runner.ChildExit(0, result, 800.0, 1.0), 60, ram_limit_mb=4000.0)

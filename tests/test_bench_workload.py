@@ -73,7 +73,7 @@ def test_store_batch_marks_the_interaction_actions_of_its_vocabulary(store):
 
 
 def test_the_decode_decodes_a_mask_exactly_for_the_rows_whose_action_interacts():
-    workload = child.make_workload({"model": "fake", "device": "cpu"}, 4, 5)
+    workload = workloads.make_workload({"model": "fake", "device": "cpu"}, 4, 5)
     workload.load()
     workload.prepare()
     step, counts = workload.model.step, []
@@ -117,9 +117,9 @@ def test_a_cell_of_a_real_model_measures_b_episodes(store, tmp_path, name, one_t
     assert 0.0 <= row["mask_fraction"] <= 1.0 and row["mask_flops"] > 1e6  # one 300x300 mask decoder row
     # The pipeline counts once per model on the first episode (scripts/flops.py): same columns.
     first = workloads.store_batches(spec["store_dir"], 1, 2, "mmap")[0]
-    counts = roofline.episode_flops(torch, child.load_model_file(str(path), "cpu"), first["lang"],
+    counts = roofline.episode_flops(torch, workloads.load_model_file(str(path), "cpu"), first["lang"],
                                     first["lang_lengths"], first["frames"].float())
-    given = child.flop_columns({**spec, "flops": counts}, _decoded(spec), torch)
+    given = roofline.flop_columns({**spec, "flops": counts}, _decoded(spec), torch)
     assert {k: given[k] for k in FLOP_COLUMNS} == {k: row[k] for k in FLOP_COLUMNS}
 
 
@@ -129,7 +129,7 @@ FLOP_COLUMNS = ("encode_flops", "mask_flops", "flops_per_step")
 def _decoded(spec):
     """The cell's workload after one pass over its pool (so its mask counts are those of the
     cell's timed passes)."""
-    workload = child.make_workload(spec, spec["batch_size"], spec["max_steps"])
+    workload = workloads.make_workload(spec, spec["batch_size"], spec["max_steps"])
     workload.load()
     workload.prepare()
     for _ in range(workload.batches_per_pass):
@@ -140,8 +140,8 @@ def _decoded(spec):
 def test_the_transformers_import_is_not_in_the_timed_model_load():
     """make_workload imports the model's code, so load_time_ms times the load alone (the
     transformer's first import of transformers takes seconds)."""
-    code = ("import sys; from alfred_edge.bench import child; "
-            "child.make_workload({'model': 'transformer', 'device': 'cpu', 'model_path': 'm.pt', 'store_dir': 's', "
+    code = ("import sys; from alfred_edge.bench import workloads; "
+            "workloads.make_workload({'model': 'transformer', 'device': 'cpu', 'model_path': 'm.pt', 'store_dir': 's', "
             "'features': 'mmap'}, 1, 1); print('transformers' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"

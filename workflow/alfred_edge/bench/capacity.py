@@ -1,19 +1,23 @@
 """RAM capacity of (model, variant, device): the largest batch that fits each RAM budget,
 predicted from the sweep (a least-squares line of peak memory against batch size over the ok
-cells) and, for one budget, measured: one child raises the batch while the harness holds
-its memory under the budget and ends it cleanly when it passes. Memory is the resident
-memory plus, on cuda, the GPU-side memory (memory.DeviceMemory): on a Jetson both come out
-of the same RAM."""
+cells) and, for one budget, measured: one child (measure_search, the measuring half) raises
+the batch while the harness holds its memory under the budget and ends it cleanly when it
+passes. Memory is the resident memory plus, on cuda, the GPU-side memory
+(memory.DeviceMemory): on a Jetson both come out of the same RAM."""
 from __future__ import annotations
 
+import gc
+import json
 import math
 import os
+import time
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pyarrow.parquet as pq
 
-from alfred_edge.bench import runner
+from alfred_edge.bench import memory, runner
 
 
 def budgets_mb(budgets_gb: dict) -> dict:
@@ -121,3 +125,42 @@ def measure(spec: dict, limit_mb: float) -> dict:
     else:
         cols.update(status=exit_cols["status"], error=exit_cols.get("error"), measured_stop_reason="failed")
     return cols
+
+
+def measure_search(spec: dict, torch) -> dict:
+    """The measuring child's half: raise the batch (spec batches, in order) in this one
+    process: for each, build the batch, encode and run `steps` decoder steps, and append
+    {"batch", "peak_memory_mb", "memory_method"} to the progress file (peak RSS plus the
+    GPU-side memory, see memory.DeviceMemory). The parent ends this process when its RSS
+    passes the limit; the search itself stops after a batch whose peak passed it (GPU
+    memory, which the parent does not see), and before a batch that would end after
+    capacity.max_seconds (its time is guessed as the last batch's times the growth factor)."""
+    from alfred_edge.bench.workloads import check_device, make_workload
+
+    check_device(spec["device"])
+    cap = spec["capacity"]
+    device_memory = memory.DeviceMemory(torch, spec["device"])
+    first = make_workload(spec, cap["batches"][0], cap["steps"])
+    first.load()
+    progress = Path(spec["progress_path"])
+    start = time.perf_counter()
+    for batch_size in cap["batches"]:
+        batch_start = time.perf_counter()
+        workload = make_workload(spec, batch_size, cap["steps"])
+        workload.model = first.model
+        memory.reset_hwm()
+        device_memory.reset_peak()
+        workload.prepare()
+        workload.run_batch()
+        peak = (memory.hwm_mb() or memory.rss_mb()) + (device_memory.peak_mb() or 0.0)
+        with progress.open("a") as stream:
+            stream.write(json.dumps({"batch": batch_size, "peak_memory_mb": peak,
+                                     "memory_method": device_memory.method}) + "\n")
+        del workload
+        gc.collect()
+        if peak > cap["limit_mb"]:
+            return {"measured_stop_reason": "ram_limit"}
+        now = time.perf_counter()
+        if now - start + (now - batch_start) * cap["factor"] > cap["max_seconds"] and batch_size != cap["batches"][-1]:
+            return {"measured_stop_reason": "time_box"}
+    return {"measured_stop_reason": "max_batch"}

@@ -1,6 +1,7 @@
 """The scenario: load, a cold first batch, warm-up, then timed iterations until both a
 minimum count and a minimum duration are reached (LoadGen / optimum-benchmark semantics),
-and the statistics of the latencies.
+with the trackers around them (latency here; memory, power and roofline in their modules),
+each of which builds its own columns of the row.
 
 A workload (see workloads.py) provides:
     load()          load the model (timed as load_time_ms)
@@ -85,6 +86,66 @@ def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: Lo
             break
     loop_wall_ns = wall_clock() - loop_start
     return LoopResult(np.diff(stamps) * 1e-9, loop_wall_ns * 1e-9, np.diff(cpu_stamps) * 1e-9)
+
+
+class Tracker:
+    """One kind of measurement taken around the timed loop (optimum-benchmark's trackers):
+    start() just before the loop, sample() after each iteration (only where a tracker
+    overrides it: its time counts in the latencies), stop(loop) just after the loop, in
+    the reverse order of start (the tracker started first stops last, after the others'
+    windows have closed; loop is None when the loop raised), then columns(): its columns
+    of the row (results.schema.yaml)."""
+
+    def start(self) -> None:
+        pass
+
+    def sample(self) -> None:
+        pass
+
+    def stop(self, loop: LoopResult | None) -> None:
+        pass
+
+    def columns(self) -> dict:
+        raise NotImplementedError
+
+
+def tracked_loop(workload, settings: LoopSettings, trackers: list[Tracker]) -> None:
+    """The workload's timed loop with `trackers` around it."""
+    samplers = [t.sample for t in trackers if type(t).sample is not Tracker.sample]
+    # one tracker samples today (memory): its method itself, without a call around it
+    after_iteration = samplers[0] if len(samplers) == 1 else lambda: [sample() for sample in samplers]
+    started, loop = [], None
+    try:
+        for tracker in trackers:
+            tracker.start()
+            started.append(tracker)
+        loop = timed_loop(workload.run_batch, workload.sync, settings, after_iteration, workload.batches_per_pass)
+    finally:
+        for tracker in reversed(started):
+            tracker.stop(loop)
+
+
+class LatencyTracker(Tracker):
+    """The loop's latencies, throughput and CPU time (latency_stats), and what the workload
+    counted over it (its info(), the encode latency)."""
+
+    def __init__(self, workload, batch_size: int):
+        self.workload, self.batch_size = workload, batch_size
+
+    def start(self) -> None:
+        self.workload.start_timing()
+
+    def stop(self, loop: LoopResult | None) -> None:
+        self.loop = loop
+
+    def columns(self) -> dict:
+        workload, loop = self.workload, self.loop
+        cols = latency_stats(loop.latencies_s, loop.loop_wall_s, self.batch_size, workload.steps_per_episode,
+                             loop.cpu_s, workload.batches_per_pass)
+        cols.update(workload.info())
+        if workload.encode_times_s:
+            cols["encode_latency_p50_ms"] = float(sorted(workload.encode_times_s)[len(workload.encode_times_s) // 2] * 1e3)
+        return cols
 
 
 def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_episode: int, cpu_s=None,

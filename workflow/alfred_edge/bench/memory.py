@@ -1,6 +1,7 @@
-"""Memory trackers: the process's resident memory and its kernel high-water mark, its
-GPU-side memory (nvmap on a Jetson, CUDA's reserved memory elsewhere), a sampled peak where
-the kernel's cannot be reset, and the leak fit of a trace.
+"""Memory: the process's resident memory and its kernel high-water mark, its GPU-side
+memory (nvmap on a Jetson, CUDA's reserved memory elsewhere), a sampled peak where the
+kernel's cannot be reset, the leak fit of a trace, and the cell's tracker of them all
+(MemoryTracker).
 
 MB here means 1e6 bytes, as everywhere in the results."""
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+
+from alfred_edge.bench.harness import LoopResult, Tracker
 
 MB = 1e6
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -155,23 +158,101 @@ class PeakSampler:
 
 
 class InferencePeak:
-    """Peak RSS of a code region: exact through clear_refs + VmHWM where Linux allows it,
-    else sampled. `method` says which."""
+    """Peak RSS of a code region (between start() and stop(), or a with block): exact
+    through clear_refs + VmHWM where Linux allows it, else sampled. `method` says which."""
 
-    def __enter__(self) -> "InferencePeak":
+    def start(self) -> None:
         self._sampler = None
         self.method = "clear_refs" if reset_hwm() and hwm_mb() is not None else "sampled"
         if self.method == "sampled":
             self._sampler = PeakSampler().__enter__()
         self.peak_mb = None
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
         if self._sampler is not None:
-            self._sampler.__exit__(*exc)
+            self._sampler.__exit__(None, None, None)
             self.peak_mb = max(self._sampler.peak_mb, rss_mb())
         else:
             self.peak_mb = hwm_mb()
+
+    def __enter__(self) -> "InferencePeak":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class MemoryTracker(Tracker):
+    """A cell's memory over its timed loop: the RSS peak of the loop and of the whole process
+    (the load, cold batch and warm-up before it included), the RSS trace read after every
+    iteration (and CUDA's allocated memory on cuda) with its leak fit, and the GPU-side
+    memory (DeviceMemory) that a RAM budget counts beside the RSS."""
+
+    def __init__(self, torch_module, device: str):
+        self._torch = torch_module
+        self._cuda = device == "cuda"
+        self.device_memory = DeviceMemory(torch_module, device)
+        self.rss_trace: list[float] = []
+        self.cuda_trace: list[float] = []
+        self.peak = InferencePeak()
+
+    def start(self) -> None:
+        self._hwm_before = hwm_mb()
+        self._device_before = self.device_memory.peak_mb()  # the load, cold batch and warm-up
+        if self._cuda:
+            self._torch.cuda.reset_peak_memory_stats()
+        self.peak.start()
+
+    def sample(self) -> None:
+        self.rss_trace.append(rss_mb())
+        if self._cuda:
+            self.cuda_trace.append(self._torch.cuda.memory_allocated() / MB)
+
+    def stop(self, loop: LoopResult | None) -> None:
+        self.peak.stop()
+        self._columns = memory_columns(self.peak, self._hwm_before, self.rss_trace, self.cuda_trace,
+                                       self._torch if self._cuda else None)
+        self._columns.update(total_memory_columns(self._columns["peak_rss_mb"], self.device_memory, self._device_before))
+
+    def columns(self) -> dict:
+        return self._columns
+
+
+def memory_columns(peak: InferencePeak, hwm_before, rss_trace, cuda_trace, torch_cuda) -> dict:
+    """peak_rss_mb: the whole-life high-water mark (VmHWM before the reset, max the window's)."""
+    whole = hwm_mb() if peak.method == "sampled" else max(hwm_before or 0.0, peak.peak_mb or 0.0)
+    rss_leak = leak_fit(rss_trace)
+    cols = {
+        "peak_rss_mb": whole or None,
+        "peak_rss_inference_mb": peak.peak_mb,
+        "peak_rss_inference_method": peak.method,
+        "rss_trace_mb": rss_trace,
+        "cuda_trace_mb": cuda_trace,
+        "leak_rss_slope_mb_per_iter": rss_leak["slope_mb_per_iter"],
+        "leak_rho": rss_leak["rho"],
+        "leak_flag": rss_leak["flag"],
+    }
+    if torch_cuda is not None:
+        cuda_leak = leak_fit(cuda_trace, strict=True)
+        cols.update({
+            "cuda_peak_allocated_mb": torch_cuda.cuda.max_memory_allocated() / MB,
+            "cuda_peak_reserved_mb": torch_cuda.cuda.max_memory_reserved() / MB,
+            "leak_cuda_slope_mb_per_iter": cuda_leak["slope_mb_per_iter"],
+        })
+        if cuda_leak["flag"] is not None and rss_leak["flag"] is not None:
+            cols["leak_flag"] = rss_leak["flag"] or cuda_leak["flag"]
+    return cols
+
+
+def total_memory_columns(peak_rss_mb: float | None, device_memory: DeviceMemory, device_before_mb: float | None) -> dict:
+    """The whole-life peak of the process's GPU-side memory (before and during the timed
+    loop) and peak_memory_mb, the RSS and GPU peaks added: what a board's RAM must hold.
+    The two peaks may fall at different moments, so their sum bounds the need from above."""
+    device_peaks = [mb for mb in (device_before_mb, device_memory.peak_mb()) if mb is not None]
+    device_peak = max(device_peaks) if device_peaks else None
+    total = None if peak_rss_mb is None else peak_rss_mb + (device_peak or 0.0)
+    return {"peak_device_memory_mb": device_peak, "peak_memory_mb": total, "memory_method": device_memory.method}
 
 
 def theil_sen_slope(y) -> float:

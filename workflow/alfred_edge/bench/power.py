@@ -4,7 +4,8 @@ Never an estimate: where nothing can be read, the energy columns stay empty.
 
 Each sampler reads either power (W, integrated with the trapezoid rule on our own
 monotonic stamps) or a cumulative energy counter (J, differences summed with wrap-around
-correction) in a polling thread while a window is open."""
+correction) in a polling thread while a window is open. PowerTracker measures a cell's
+loop with one, after the idle power."""
 from __future__ import annotations
 
 import glob
@@ -13,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from alfred_edge.bench.harness import LoopResult, Tracker
 
 LOW_SAMPLES = 30
 JETSON_INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
@@ -61,25 +64,34 @@ class Sampler:
     def close(self) -> None:
         pass
 
-    def measure(self, body) -> tuple[object, Window]:
-        """Run body() with the sampler polling; return (body's result, the window)."""
-        readings: list[tuple[float, float]] = []
-        stop = threading.Event()
+    def start(self) -> None:
+        """Open a window: read() every interval_s in a thread until stop()."""
+        self._readings: list[tuple[float, float]] = []
+        self._stop = threading.Event()
 
         def poll():
-            while not stop.is_set():
-                readings.append((time.monotonic(), self.read()))
-                stop.wait(self.interval_s)
+            while not self._stop.is_set():
+                self._readings.append((time.monotonic(), self.read()))
+                self._stop.wait(self.interval_s)
 
-        thread = threading.Thread(target=poll, daemon=True)
-        thread.start()
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> Window | None:
+        """Close the window opened by start(): its readings, with one more at its end."""
+        self._stop.set()
+        self._thread.join()
+        self._readings.append((time.monotonic(), self.read()))
+        return self.window(self._readings)
+
+    def measure(self, body) -> tuple[object, Window | None]:
+        """Run body() inside a window; return (body's result, the window)."""
+        self.start()
         try:
             result = body()
         finally:
-            stop.set()
-            thread.join()
-            readings.append((time.monotonic(), self.read()))
-        return result, self.window(readings)
+            window = self.stop()
+        return result, window
 
     def window(self, readings: list[tuple[float, float]], distinct: int | None = None) -> Window:
         """The window of (time, value) readings; `distinct`: how many of them were fresh
@@ -95,14 +107,17 @@ class Sampler:
 
 
 class NoSampler(Sampler):
-    """Nothing can be read here: runs the body unmeasured (window None) and keeps the reason."""
+    """Nothing can be read here: its windows are None, and it keeps the reason."""
 
     def __init__(self, reason: str):
         super().__init__(interval_s=0.0)
         self.reason = reason
 
-    def measure(self, body) -> tuple[object, None]:
-        return body(), None
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        return None
 
 
 # --- jtop (Jetson) -----------------------------------------------------------------------
@@ -139,22 +154,20 @@ class JtopSampler(Sampler):
     def read(self) -> float:
         return jtop_power(self._jetson.power)[0]
 
-    def measure(self, body) -> tuple[object, Window]:
-        """The reading held at the start, every update during body(), and the reading held
-        at its end (the last update again, or the start's: not a fresh one)."""
-        updates: list[tuple[float, float]] = []
+    def start(self) -> None:
+        """A window of the reading held at its start, every update while it is open, and the
+        reading held at its end (the last update again, or the start's: not a fresh one)."""
+        self._updates: list[tuple[float, float]] = []
+        self._opening = (time.monotonic(), self.read())
+        self._jetson.attach(self._on_update)
 
-        def on_update(jetson):
-            updates.append((time.monotonic(), jtop_power(jetson.power)[0]))
+    def _on_update(self, jetson) -> None:
+        self._updates.append((time.monotonic(), jtop_power(jetson.power)[0]))
 
-        readings = [(time.monotonic(), self.read())]
-        self._jetson.attach(on_update)
-        try:
-            result = body()
-        finally:
-            self._jetson.detach(on_update)
-        readings += [*updates, (time.monotonic(), self.read())]
-        return result, self.window(readings, distinct=1 + len(updates))
+    def stop(self) -> Window:
+        self._jetson.detach(self._on_update)
+        readings = [self._opening, *self._updates, (time.monotonic(), self.read())]
+        return self.window(readings, distinct=1 + len(self._updates))
 
     def close(self) -> None:
         self._jetson.close()
@@ -260,6 +273,30 @@ def choose_sampler(device: str, interval_s: float) -> Sampler:
         except Exception as exc:  # ImportError, JtopException, NVMLError, OSError, PermissionError
             reasons.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
     return NoSampler("; ".join(reasons))
+
+
+class PowerTracker(Tracker):
+    """A cell's power and energy over its timed loop, with the sampler that works here
+    (choose_sampler): `settings` {"interval_s", "idle_s"}; when a sampler works and idle_s
+    > 0, the idle power is measured (idle_s of sleep) just before the loop's window opens."""
+
+    def __init__(self, device: str, settings: dict, batch_size: int):
+        self.sampler = choose_sampler(device, settings["interval_s"])
+        self.idle_s, self.batch_size = settings["idle_s"], batch_size
+        self.idle = None
+
+    def start(self) -> None:
+        if not isinstance(self.sampler, NoSampler) and self.idle_s > 0:
+            _, self.idle = self.sampler.measure(lambda: time.sleep(self.idle_s))
+        self.sampler.start()
+
+    def stop(self, loop: LoopResult | None) -> None:
+        self.window = self.sampler.stop()
+        self.sampler.close()
+        self.iterations = 0 if loop is None else len(loop.latencies_s)
+
+    def columns(self) -> dict:
+        return power_columns(self.sampler, self.idle, self.window, self.iterations, self.batch_size)
 
 
 def power_columns(sampler: Sampler, idle: Window | None, loop: Window | None,

@@ -1,9 +1,12 @@
 """Roofline: once per host and device, a short measurement of fp32 matmul throughput and
-memory bandwidth; per cell, the FLOPs and weight bytes of one decoder step, the roof they
-imply and the fraction of it the cell achieved."""
+memory bandwidth; per cell (RooflineTracker), the FLOPs and weight bytes of one decoder
+step, the roof they imply and the fraction of it the cell achieved."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+from alfred_edge.bench.harness import LatencyTracker, Tracker
 
 
 def measure(torch, device: str, matmul_size: int, copy_mb: float, seconds: float) -> dict:
@@ -92,3 +95,41 @@ def cell_columns(flops_per_step: float | None, weight_bytes: float | None, step_
         "achieved_gflops": achieved,
         "roofline_fraction": achieved / attainable if attainable > 0 else None,
     }
+
+
+class RooflineTracker(Tracker):
+    """A cell's FLOPs and weight bytes per step (flop_columns) and, with the host's roofline
+    row (spec "roofline_host", the bench_roofline job's), the roof they imply and the
+    fraction of it the cell reached at its p50 step latency (`latency`'s columns)."""
+
+    def __init__(self, spec: dict, workload, latency: LatencyTracker, torch_module):
+        self.spec, self.workload, self.latency, self._torch = spec, workload, latency, torch_module
+
+    def columns(self) -> dict:
+        cols = flop_columns(self.spec, self.workload, self._torch)
+        host = self.spec.get("roofline_host")
+        if host:
+            cols.update(cell_columns(cols.get("flops_per_step"), cols.get("weight_bytes_per_step"),
+                                     self.latency.columns()["step_latency_p50_ms"], host.get("matmul_gflops"),
+                                     host.get("memory_bandwidth_gbps")))
+        return cols
+
+
+def flop_columns(spec: dict, workload, torch) -> dict:
+    """FLOPs of one step (see episode_flops): the spec's counts ("flops", from the
+    pipeline's bench_flops job) or, without them, counted here on the fp32 architecture on
+    the CPU (quantized kernels are invisible to the FLOP counter; the arithmetic is the
+    same). It loads another copy of the model: the cell's memory figures are taken before."""
+    if spec["model"] == "identity":
+        return {}
+    counts = spec.get("flops")
+    if counts is None:
+        from alfred_edge.bench.workloads import load_model_file
+
+        model = workload.model.float().cpu() if spec["model"] == "fake" else load_model_file(spec["fp32_path"], "cpu")
+        lang, lang_lengths, frames = workload.inputs[0]
+        counts = episode_flops(torch, model, lang.cpu(), lang_lengths.cpu(), frames[:, :2].float().cpu())
+    masks_per_step = workload.mask_rows * workload.batch_size / workload.step_rows  # rows with a mask, per step
+    weight_bytes = float(Path(spec["model_path"]).stat().st_size) if spec.get("model_path") else \
+        float(sum(t.numel() * t.element_size() for t in workload.model.state_dict().values()))
+    return {**cell_flops(counts, spec["batch_size"], masks_per_step), "weight_bytes_per_step": weight_bytes}

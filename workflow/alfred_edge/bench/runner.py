@@ -196,13 +196,6 @@ def run_cell(spec: dict, out_path: str | os.PathLike, skip_reason: str | None = 
     child = run_child("cell", spec, spec["timeout_s"], spec.get("ram_limit_mb"))
     row = {**base_columns(spec), **keys, **exit_columns(child, spec["timeout_s"], spec.get("ram_limit_mb")),
            "wall_time_s": child.wall_s, "ram_limit_mb": spec.get("ram_limit_mb")}
-    if row["status"] == "ok" and spec.get("roofline_host"):
-        from alfred_edge.bench import roofline
-
-        r = spec["roofline_host"]
-        row.update(roofline.cell_columns(row.get("flops_per_step"), row.get("weight_bytes_per_step"),
-                                         row.get("step_latency_p50_ms"), r.get("matmul_gflops"),
-                                         r.get("memory_bandwidth_gbps")))
     return finish("cells", row, out_path)
 
 

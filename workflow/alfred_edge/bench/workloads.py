@@ -9,6 +9,7 @@
                        mask_fraction records their share). Its model and batches come from
                        the store and a model file (real cells) or from FakeEpisodeModel and
                        random tensors (harness self-tests, `--model fake`).
+    make_workload      the workload a job's spec names
 
 A cell decodes a pool of the split's first EPISODE_POOL episodes (B of them, when B is larger),
 B at a time, batch after batch in turn: iterations at batch 1, 2, 4 and 8 decode the same 8
@@ -35,6 +36,32 @@ from alfred_edge.models.common import step_masks
 
 MASK_SHAPE = (1, 300, 300)
 EPISODE_POOL = 8  # episodes every cell decodes in turn (batches 1, 2, 4 and 8 all cover the same 8)
+
+
+def make_workload(spec: dict, batch_size: int, max_steps: int):
+    """The workload of spec["model"] ("identity", "fake", or a model file's) on spec["device"]."""
+    model, device = spec["model"], spec["device"]
+    if model == "identity":
+        return IdentityWorkload(batch_size, device)
+    if model == "fake":
+        fault = spec.get("fault")
+        load = lambda dev: FakeEpisodeModel(fault=fault).to(dev)  # noqa: E731
+        make_batches = lambda: fake_batches(batch_size, max_steps)  # noqa: E731
+    else:
+        from alfred_edge.models import model_class
+
+        model_class(model)  # its code imported here, not in the timed load (transformers: seconds)
+        load = lambda dev: load_model_file(spec["model_path"], dev)  # noqa: E731
+        make_batches = lambda: store_batches(spec["store_dir"], batch_size, max_steps, spec["features"])  # noqa: E731
+    return EpisodeWorkload(batch_size, device, load, make_batches, max_steps)
+
+
+def load_model_file(path: str, device):
+    """fp32.pt and every variant file load through quantize's load_variant, which raises
+    VariantUnavailable (→ skipped) when the variant cannot run on the device here."""
+    from alfred_edge.quantize import load_variant
+
+    return load_variant(path, device)
 
 
 def batches_per_pass(batch_size: int) -> int:
