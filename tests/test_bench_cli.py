@@ -1,10 +1,12 @@
 """The standalone runner: its defaults are the config's, it imports nothing the Jetson path
 lacks, and it writes the pipeline's files (one cheap identity cell)."""
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from alfred_edge.bench import __main__ as cli
@@ -12,16 +14,40 @@ from alfred_edge.bench import __main__ as cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_defaults_equal_the_embedded_config():
-    bench = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["bench"]
-    d = cli.DEFAULTS
+def defaults(bench):
+    """The runner's defaults, in the config's shape, as parse_args gives them for `bench`."""
+    cell = cli.parse_args(["cell", "--model", "lstm", "--batch", "1"], bench)
+    capacity = cli.parse_args(["capacity", "--model", "lstm"], bench)
+    roofline = cli.parse_args(["roofline"], bench)
+    return {
+        "threads": cell.threads, "max_steps": cell.max_steps, "store": cell.store, "timeout_s": cell.timeout_s,
+        "loop": {k: getattr(cell, k) for k in ("min_iterations", "min_duration_s", "max_duration_s", "warmup_iterations")},
+        "power": {"interval_s": cell.power_interval_s, "idle_s": cell.idle_power_s},
+        "roofline": {"matmul_size": roofline.matmul_size, "copy_mb": roofline.copy_mb, "seconds": roofline.seconds},
+        "budgets_gb": json.loads(capacity.budgets_gb),
+        "capacity": {k: getattr(capacity, k) for k in ("max_batch", "factor", "steps", "max_seconds")},
+    }
+
+
+@pytest.mark.parametrize("edit", [{}, {"threads": 6, "max_steps": 3, "split": "valid_unseen", "min_iterations": 9,
+                                       "power": {"interval_s": 0.5, "idle_s": 0.0}, "ram_budgets_gb": {"orin": 8.0},
+                                       "roofline": {"matmul_size": 256, "copy_mb": 16, "seconds": 0.25},
+                                       "capacity": {"max_batch": 64, "factor": 4.0, "steps": 1, "max_seconds": 5}}])
+def test_defaults_are_the_config_files(tmp_path, edit):
+    """The checkout's config/config.yaml, and any edit of it: the runner reads its defaults
+    there, so they cannot drift from the pipeline's."""
+    config = yaml.safe_load(cli.CONFIG_PATH.read_text())
+    config["bench"].update(edit)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    bench = config["bench"]
+    d = defaults(cli.config_bench(tmp_path / "config.yaml") if edit else cli.config_bench())
+    assert cli.CONFIG_PATH == REPO / "config" / "config.yaml"
     assert d["threads"] == bench["threads"] and d["max_steps"] == bench["max_steps"]
-    assert d["store_split"] == bench["split"] and d["timeout_s"] == bench["timeout_s"]
+    assert d["store"] == f"data/store/{bench['split']}" and d["timeout_s"] == bench["timeout_s"]
     assert d["loop"] == {k: bench[k] for k in d["loop"]}
     assert d["power"] == bench["power"] and d["roofline"] == bench["roofline"]
-    assert d["capacity"]["budgets_gb"] == bench["ram_budgets_gb"]
-    assert {k: v for k, v in d["capacity"].items() if k != "budgets_gb"} == \
-        {k: bench["capacity"][k] for k in ("max_batch", "factor", "steps", "max_seconds")}
+    assert d["budgets_gb"] == bench["ram_budgets_gb"]
+    assert d["capacity"] == {k: bench["capacity"][k] for k in ("max_batch", "factor", "steps", "max_seconds")}
 
 
 def test_parent_side_imports_none_of_pandas_polars_snakemake_matplotlib_torch():

@@ -1,26 +1,21 @@
 """The results schema (workflow/schemas/results.schema.yaml): column names, types and units of
-the benchmark tables, and the Arrow tables built from it. The file is written in JSON syntax
-(valid YAML) so that the standalone runner needs only the standard library to read it."""
+the benchmark tables, the path pattern of each table's files, and the Arrow tables built
+from it. The file is written in JSON syntax (valid YAML) so that the standalone runner needs
+only the standard library to read it, and pyarrow is imported only to build a table, so
+that the workflow reads the paths when it parses at no cost."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "results.schema.yaml"
 STATUSES = ("ok", "oom", "oom_killed", "timeout", "error", "skipped")
-
-_ARROW_TYPES = {
-    "string": pa.string(),
-    "int64": pa.int64(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "list<float64>": pa.list_(pa.float64()),
-    "list<int64>": pa.list_(pa.int64()),
-}
 
 # A benchmark file holds a row or a few, and the aggregation parses thousands of them:
 # dictionary pages and column statistics tell a reader nothing at that size and only
@@ -48,10 +43,6 @@ def schema_version() -> int:
     return load_schema()["version"]
 
 
-def table_names() -> list[str]:
-    return list(load_schema()["tables"])
-
-
 def columns(table: str) -> list[Column]:
     """Every column of `table`: the shared ones first, then the table's own."""
     doc = load_schema()
@@ -61,14 +52,20 @@ def columns(table: str) -> list[Column]:
 
 
 def path_pattern(table: str) -> str:
+    """Where the files of `table` go, relative to the repository root, with the fields the
+    rows key them by: reports/bench/{host}/cells/{model}/{variant}/{device}/{features}/b{batch}.parquet"""
     return load_schema()["tables"][table]["path"]
 
 
 def arrow_schema(table: str) -> pa.Schema:
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
+             "list<float64>": pa.list_(pa.float64()), "list<int64>": pa.list_(pa.int64())}
     fields = []
     for col in columns(table):
         metadata = {"unit": col.unit or "", "description": col.description}
-        fields.append(pa.field(col.name, _ARROW_TYPES[col.type], nullable=True, metadata=metadata))
+        fields.append(pa.field(col.name, types[col.type], nullable=True, metadata=metadata))
     return pa.schema(fields, metadata={"table": table, "schema_version": str(schema_version())})
 
 
@@ -76,6 +73,8 @@ def to_arrow(table: str, rows: list[dict]) -> pa.Table:
     """Rows (dicts) → an Arrow table with exactly the schema's columns; a missing key is null.
     A key the schema does not know, or a status outside STATUSES, is an error: a typo must not
     silently become an empty column."""
+    import pyarrow as pa
+
     schema = arrow_schema(table)
     known = set(schema.names)
     for row in rows:
