@@ -284,40 +284,49 @@ def parse_workdir(tmp_path_factory):
     return copy_repo(tmp_path_factory.mktemp("parse") / "repo")
 
 
-def _splits_with(splits_file: Path, out: Path, edit) -> Path:
-    splits = json.loads(splits_file.read_text())
-    edit(splits)
-    out.write_text(json.dumps(splits))
-    return out
+def _without_repeat_idx(splits):
+    splits["valid_seen"][1] = {"task": splits["valid_seen"][1]["task"]}
 
 
-@pytest.mark.parametrize("case", ["nan budget", "infinite budget", "entry without repeat_idx", "entry not a dict",
-                                  "empty split", "split missing from the tree"])
+def _entry_not_a_dict(splits):
+    splits["train"][0] = splits["train"][0]["task"]
+
+
+def _empty_split(splits):
+    splits["valid_unseen"] = []
+
+
+# case: (config changes, an edit of the splits file or None, the message expected; {splits}
+# stands for the edited splits file, {tree} for the data tree)
+PARSE_CASES = {
+    "nan budget": ({"storage": {"budget_gb": float("nan")}}, None,
+                   "config: storage.budget_gb is nan: give a finite number"),
+    "infinite budget": ({"storage": {"budget_gb": float("inf")}}, None,
+                        "config: storage.budget_gb is inf: give a finite number"),
+    "unknown variant": ({"quantize": {"variants": ["fp32", "int4"]}}, None,
+                        r"config: quantize.variants names \['int4'\], not variants; known: fp32, int8_dynamic"),
+    "entry without repeat_idx": ({}, _without_repeat_idx,
+                                 r"config: data.splits_file: {splits}: entry 1 of 'valid_seen' is \{{'task': '[^']+'\}}, "
+                                 "expected"),
+    "entry not a dict": ({}, _entry_not_a_dict, "config: data.splits_file: {splits}: entry 0 of 'train' is '[^']+', expected"),
+    "empty split": ({}, _empty_split, r"data.splits: \['valid_unseen'\] have no entries in"),
+    "split missing from the tree": ({}, None, "data.source: {tree}/valid_unseen holds none of the 7 trajectories"),
+}
+
+
+@pytest.mark.parametrize("case", PARSE_CASES)
 def test_bad_settings_and_splits_files_are_named_when_the_workflow_is_parsed(case, parse_workdir, real_tree, tmp_path):
     tree, splits_file = real_tree
-    first_task = json.loads(splits_file.read_text())["valid_seen"][0]["task"]
-    storage, data = {}, {}
-    if case == "nan budget":
-        storage, message = {"budget_gb": float("nan")}, "config: storage.budget_gb is nan: give a finite number"
-    elif case == "infinite budget":
-        storage, message = {"budget_gb": float("inf")}, "config: storage.budget_gb is inf: give a finite number"
-    elif case == "entry without repeat_idx":
-        edit = lambda s: s["valid_seen"].__setitem__(1, {"task": first_task})  # noqa: E731
-        message = r"entry 1 of 'valid_seen' is \{'task': '[^']+'\}, expected"
-    elif case == "entry not a dict":
-        edit = lambda s: s["train"].__setitem__(0, first_task)  # noqa: E731
-        message = "entry 0 of 'train' is '[^']+', expected"
-    elif case == "empty split":
-        edit = lambda s: s.__setitem__("valid_unseen", [])  # noqa: E731
-        message = r"data.splits: \['valid_unseen'\] have no entries in"
-    else:
-        data = {"source": str(tmp_path / "tree")}
+    changes, edit, message = PARSE_CASES[case]
+    if edit is not None:
+        splits = json.loads(splits_file.read_text())
+        edit(splits)
+        splits_file = tmp_path / "splits.json"
+        splits_file.write_text(json.dumps(splits))
+    if case == "split missing from the tree":
         shutil.copytree(tree, tmp_path / "tree", ignore=shutil.ignore_patterns("valid_unseen"))
-        message = f"data.source: {tmp_path / 'tree'}/valid_unseen holds none of the 7 trajectories"
-    if case.startswith(("entry", "empty")):
-        splits_file = _splits_with(splits_file, tmp_path / "splits.json", edit)
-        message = f"config: data.splits_file: {splits_file}: {message}" if case.startswith("entry") else message
-    write_config(parse_workdir, Path(data.get("source", tree)), splits_file, storage=storage)
+        tree = tmp_path / "tree"
+    write_config(parse_workdir, tree, splits_file, **changes)
     output = snakemake(parse_workdir, "-n", check=False)
-    assert re.search(message, output), output[-2000:]
+    assert re.search(message.format(splits=splits_file, tree=tree), output), output[-2000:]
     assert "Traceback" not in output

@@ -10,6 +10,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
+from alfred_edge import variants
 from alfred_edge.bench.environment import bench_devices, host_name
 from alfred_edge.code_digest import CodeIndex
 
@@ -41,6 +42,15 @@ DATA_SPLITS = config["data"]["splits"]
 VALID_SPLITS = [s for s in ("valid_seen", "valid_unseen") if s in DATA_SPLITS]
 MODEL_NAMES = sorted(config["models"])
 VARIANTS = list(config["quantize"]["variants"])
+for _setting, _names in (
+    ("quantize.variants", VARIANTS),
+    ("bench.capacity.variants", config["bench"]["capacity"]["variants"]),
+):
+    _unknown = [name for name in _names if name not in variants.NAMES]
+    if _unknown:
+        raise WorkflowError(
+            f"config: {_setting} names {_unknown}, not variants; known: {', '.join(variants.NAMES)}"
+        )
 BENCH = config["bench"]
 BENCH_HOST = host_name(BENCH["host"])
 BENCH_DEVICES = bench_devices(BENCH["devices"])

@@ -25,7 +25,7 @@ def get_quantize_settings(wildcards):
 
 def get_quantize_disk_mb(wildcards):
     fp32 = get_fp32_file_bytes(wildcards.model)
-    return disk_mb(fp32 * data_plan.VARIANT_FRACTION[wildcards.variant])
+    return disk_mb(fp32 * variants.get(wildcards.variant).size_fraction)
 
 
 rule quantize:
