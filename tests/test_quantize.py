@@ -216,6 +216,17 @@ def test_file_of_an_unavailable_variant_raises_its_reason(tmp_path):
     assert caught.value.reason == "no half kernels here"
 
 
+def test_a_name_without_a_conversion_gets_a_file_with_its_reason(tmp_path):
+    """What the quantize job writes for a variant name nobody implemented: a file that says so."""
+    path = tmp_path / "int4.pt"
+    with pytest.raises(Q.VariantUnavailable) as unknown:
+        Q.make_variant(tiny_model("lstm"), "int4")
+    Q.save_unavailable("int4", unknown.value.reason, {"model": "lstm"}, path)
+    assert Q.read_variant_file(path)["engine"] is None
+    with pytest.raises(Q.VariantUnavailable, match="'int4' is unavailable: unknown variant; known: fp32"):
+        Q.load_variant(path, "cpu")
+
+
 def test_file_from_another_torch_that_does_not_load(tmp_path):
     model, path = write_variant(tiny_model("lstm"), "int8_dynamic", tmp_path)
     payload = Q.read_variant_file(path)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from alfred_edge.models.file_format import MODEL_FORMAT, VARIANT_FORMAT, header, read_file, write_file
-from alfred_edge.quantize.conversions import check_available, conversion, quiet_quantization_warnings
+from alfred_edge.quantize.conversions import CONVERSIONS, check_available, conversion, quiet_quantization_warnings
 from alfred_edge.variants import VariantUnavailable
 
 SAFE_GLOBALS = (torch.ScriptObject,)
@@ -34,8 +34,10 @@ def save_unavailable(variant: str, reason: str, source: dict, path: str | Path) 
 
 
 def engine_of(variant: str) -> str | None:
-    """The quantized engine a variant's weights are packed for (None: not an int8 variant)."""
-    return torch.backends.quantized.engine if conversion(variant).int8_engine else None
+    """The quantized engine a variant's weights are packed for (None: not an int8 variant, or
+    a name without a conversion, whose file records only why it could not be built)."""
+    packed = variant in CONVERSIONS and CONVERSIONS[variant].int8_engine
+    return torch.backends.quantized.engine if packed else None
 
 
 def _payload(variant: str, source: dict) -> dict:
