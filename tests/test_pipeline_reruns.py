@@ -70,13 +70,18 @@ def tiny_config_text(**changes) -> str:
 
 
 def copy_repo(dest: Path) -> Path:
-    """The repository's tracked files (as in the working tree) under dest."""
+    """The repository's tracked files (as in the working tree) under dest, its symbolic links as
+    links (the top-level `profiles`, through which `snakemake` finds the default profile)."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True,
                            text=True).stdout.split("\0")
     for name in filter(None, files):
         src = REPO_ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        if not (src.is_symlink() or src.is_file()):
+            continue  # deleted in the working tree
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            (dest / name).symlink_to(os.readlink(src))
+        else:
             shutil.copy2(src, dest / name)
     return dest
 
