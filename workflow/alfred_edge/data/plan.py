@@ -16,8 +16,6 @@ DTYPES = ("float16", "uint8", "float32")
 # Vocabulary sizes used for model-size estimates before the vocabulary exists (ALFRED's
 # word vocabulary has 2,360 entries; the synthetic one about 80).
 ESTIMATED_VOCAB = {"synthetic": {"word": 100, "action_low": 15}, "alfred": {"word": 2400, "action_low": 15}}
-# Bytes a variant's file takes relative to fp32's, by name (the registry's size_fraction).
-VARIANT_FRACTION = {name: variant.size_fraction for name, variant in VARIANTS.items()}
 RESULTS_BYTES_PER_CELL = 64 * 1024
 
 
@@ -53,7 +51,7 @@ def reserved_bytes(models_cfg: dict, variants: list[str], n_bench_cells: int, so
     out = {}
     for name, cfg in sorted(models_cfg.items()):
         fp32 = fp32_file_bytes(name, cfg, vocab)
-        out[f"models/{name}"] = int(fp32 * sum(VARIANT_FRACTION.get(v, 1.0) for v in set(variants) | {"fp32"}))
+        out[f"models/{name}"] = int(fp32 * sum(VARIANTS[v].size_fraction for v in set(variants) | {"fp32"}))
     out["reports"] = n_bench_cells * RESULTS_BYTES_PER_CELL
     return out
 
