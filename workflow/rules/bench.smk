@@ -6,16 +6,14 @@
 # training, whatever --cores says. The cells come from config (common.smk: bench_cells; cheap:
 # no torch, no pyarrow, no file reads); the host is fixed per run, so this host's outputs
 # never claim another host's files under reports/bench/.
-import json
 import shutil
+
+from alfred_edge.bench.schema import path_pattern
 
 
 def _bench_path(table):
-    """This host's path pattern of one benchmark table, from the results schema (JSON syntax)."""
-    schema = json.loads(
-        (Path(workflow.basedir) / "workflow/schemas/results.schema.yaml").read_text()
-    )
-    return schema["tables"][table]["path"].replace("{host}", BENCH_HOST)
+    """This host's path pattern of one benchmark table (the results schema's)."""
+    return path_pattern(table).replace("{host}", BENCH_HOST)
 
 
 BENCH_CELL = _bench_path("cells")

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from alfred_edge import variants
+from alfred_edge.data import dataset
 from alfred_edge.bench.environment import bench_devices, host_name
 from alfred_edge.code_digest import CodeIndex
 
@@ -39,7 +40,12 @@ def canonical(value):
 
 # The resolved config values more than one stage reads.
 DATA_SPLITS = config["data"]["splits"]
-VALID_SPLITS = [s for s in ("valid_seen", "valid_unseen") if s in DATA_SPLITS]
+if not set(DATA_SPLITS) <= set(dataset.SPLITS):
+    raise WorkflowError(
+        f"config: data.splits names {sorted(set(DATA_SPLITS) - set(dataset.SPLITS))}; "
+        f"ALFRED's splits with actions are {', '.join(dataset.SPLITS)}"
+    )
+VALID_SPLITS = [s for s in dataset.VALID_SPLITS if s in DATA_SPLITS]
 MODEL_NAMES = sorted(config["models"])
 VARIANTS = list(config["quantize"]["variants"])
 for _setting, _names in (
