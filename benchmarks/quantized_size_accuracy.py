@@ -27,11 +27,11 @@ from alfred_edge import quantize as Q
 from alfred_edge.models import vocab_sizes
 from alfred_edge.models.sizes import parameter_count
 from host_load import host_load
+from alfred_edge.data.dataset import VALID_SPLITS as SPLITS
 from untrained_models import alfred_lstm_sizes, build_models
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = {"lstm": 0.30, "transformer": 0.40}  # int8 file / fp32 file
-SPLITS = ("valid_seen", "valid_unseen")
 
 
 def trained(models, models_dir: Path, store: Path, variants, batch: int) -> bool:

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import yaml
 
-from alfred_edge.data import manifest, preprocess, store, subset, synthetic, vocab
+from alfred_edge.data import dataset, manifest, preprocess, store, subset, synthetic, vocab
 from alfred_edge.data.loader import StoreDataset, _pad, collate  # _pad: the same padding for both
 from host_load import host_load
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OCT21 = REPO_ROOT / "tests" / "data" / "alfred-sample" / "splits" / "oct21.json"
-SPLITS = ["train", "valid_seen", "valid_unseen"]
+SPLITS = list(dataset.SPLITS)
 
 
 def build_tree(tmp: Path, n_traj: int) -> tuple[Path, Path]:

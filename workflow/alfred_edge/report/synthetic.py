@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alfred_edge.bench import schema as bench_schema
+from alfred_edge.variants import NAMES as VARIANT_NAMES
 
 EVIL = "<b>evil</b><script>document.title='pwned'</script>"
 EVIL_ERROR = "CUDA out of memory <img src=x onerror=\"document.title='pwned'\"> <script>alert(1)</script> $x$ & more"
@@ -32,7 +33,7 @@ class Host:
     jetson_model: str | None = None
     batches: tuple = (1, 2, 4, 8)
     models: tuple = ("lstm", "transformer")
-    variants: tuple = ("fp32", "int8_dynamic", "fp16", "bf16")
+    variants: tuple = VARIANT_NAMES
     extra: dict = field(default_factory=dict)
 
 
@@ -151,7 +152,7 @@ def write_capacity(bench_dir: Path, host: Host, device: str, model: str, variant
 
 
 def write_model_tables(models_dir: Path, models=("lstm", "transformer"),
-                       variants=("fp32", "int8_dynamic", "fp16", "bf16")) -> tuple[list[Path], list[Path]]:
+                       variants=VARIANT_NAMES) -> tuple[list[Path], list[Path]]:
     """Eval tables (one row, as alfred_edge.quantize.eval_table writes it; bf16 of the
     transformer unavailable) and training metrics (one row per epoch, as alfred_edge.train)."""
     evals, trains = [], []
