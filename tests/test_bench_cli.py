@@ -21,7 +21,9 @@ def defaults(bench):
     roofline = cli.parse_args(["roofline"], bench)
     return {
         "threads": cell.threads, "max_steps": cell.max_steps, "store": cell.store, "timeout_s": cell.timeout_s,
-        "loop": {k: getattr(cell, k) for k in ("min_iterations", "min_duration_s", "max_duration_s", "warmup_iterations")},
+        "loop": {k: getattr(cell, k) for k in ("min_iterations", "min_duration_s", "max_duration_s", "warmup_iterations",
+                                               "ci_half_width")},
+        "workload": cell.workload,
         "power": {"interval_s": cell.power_interval_s, "idle_s": cell.idle_power_s},
         "roofline": {"matmul_size": roofline.matmul_size, "copy_mb": roofline.copy_mb, "seconds": roofline.seconds},
         "budgets_gb": json.loads(capacity.budgets_gb),
@@ -30,6 +32,7 @@ def defaults(bench):
 
 
 @pytest.mark.parametrize("edit", [{}, {"threads": 6, "max_steps": 3, "split": "valid_unseen", "min_iterations": 9,
+                                       "ci_half_width": 0.02, "workload": "policy",
                                        "power": {"interval_s": 0.5, "idle_s": 0.0}, "ram_budgets_gb": {"orin": 8.0},
                                        "roofline": {"matmul_size": 256, "copy_mb": 16, "seconds": 0.25},
                                        "capacity": {"max_batch": 64, "factor": 4.0, "steps": 1, "max_seconds": 5}}])
@@ -44,7 +47,7 @@ def test_defaults_are_the_config_files(tmp_path, edit):
     assert cli.CONFIG_PATH == REPO / "config" / "config.yaml"
     assert d["threads"] == bench["threads"] and d["max_steps"] == bench["max_steps"]
     assert d["store"] == f"data/store/{bench['split']}" and d["timeout_s"] == bench["timeout_s"]
-    assert d["loop"] == {k: bench[k] for k in d["loop"]}
+    assert d["loop"] == {k: bench[k] for k in d["loop"]} and d["workload"] == bench["workload"]
     assert d["power"] == bench["power"] and d["roofline"] == bench["roofline"]
     assert d["budgets_gb"] == bench["ram_budgets_gb"]
     assert d["capacity"] == {k: bench["capacity"][k] for k in ("max_batch", "factor", "steps", "max_seconds")}

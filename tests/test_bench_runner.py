@@ -15,7 +15,7 @@ LOOP = {"min_iterations": 3, "min_duration_s": 0.0, "max_duration_s": 10.0, "war
 
 
 def fake_spec(**overrides):
-    spec = {"host": "testhost", "model": "fake", "variant": "fp32", "device": "cpu", "batch_size": 3,
+    spec = {"host": "testhost", "model": "fake", "workload": "expert", "variant": "fp32", "device": "cpu", "batch_size": 3,
             "features": "mmap", "threads": 1, "max_steps": 3, "timeout_s": 120, "loop": LOOP,
             "power": {"interval_s": 0.05, "idle_s": 0.0}, "model_path": None, "fp32_path": None}
     return {**spec, **overrides}

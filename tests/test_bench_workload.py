@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from alfred_edge.bench import child, roofline, workloads
+from alfred_edge.bench import child, roofline, runner, workloads
 from alfred_edge.data.loader import StoreDataset
 from model_inputs import build_store
 
@@ -72,21 +72,49 @@ def test_store_batch_marks_the_interaction_actions_of_its_vocabulary(store):
     assert any(marked) and not all(marked)
 
 
-def test_the_decode_decodes_a_mask_exactly_for_the_rows_whose_action_interacts():
-    workload = workloads.make_workload({"model": "fake", "device": "cpu"}, 4, 5)
+def _recorded_decode(workload_mode):
+    """One batch of the fake model's decode, recording at each step the previous action fed,
+    the rows that decoded a mask and the action chosen."""
+    workload = workloads.make_workload({"model": "fake", "device": "cpu", "workload": workload_mode}, 4, 5)
     workload.load()
     workload.prepare()
-    step, counts = workload.model.step, []
+    step, steps = workload.model.step, []
 
     def recording_step(state, frames_t, prev_action, *, with_mask):
         logits, mask, state = step(state, frames_t, prev_action, with_mask=with_mask)
-        counts.append((int(with_mask[logits.argmax(1)].sum()), mask.shape[0]))
+        steps.append({"fed": prev_action, "rows": with_mask(logits), "chosen": logits.argmax(1), "masks": mask.shape[0]})
         return logits, mask, state
 
     workload.model.step = recording_step
+    workload.start_timing()
     workload.run_batch()
-    assert len(counts) == 5 and all(wanted == decoded for wanted, decoded in counts)
-    assert workload.info()["mask_fraction"] == sum(d for _, d in counts) / (4 * 5)
+    return workload, steps
+
+
+def test_the_expert_workload_feeds_the_gold_actions_and_decodes_the_experts_masks():
+    workload, steps = _recorded_decode("expert")
+    _, _, _, actions, interact = workload.inputs[0]
+    assert len(steps) == 5 and steps[0]["fed"] is None  # step 0 starts from the learned `go`
+    for t, step in enumerate(steps):
+        if t:
+            assert torch.equal(step["fed"], actions[:, t - 1])
+        assert torch.equal(step["rows"], interact[:, t]) and step["masks"] == int(interact[:, t].sum())
+    assert workload.info()["mask_fraction"] == pytest.approx(interact[:, :5].float().mean().item())
+    assert "chosen_actions" not in workload.info()
+
+
+def test_the_policy_workload_feeds_the_models_actions_and_decodes_the_masks_they_need():
+    workload, steps = _recorded_decode("policy")
+    interacts = torch.arange(12) % 2 == 1  # fake_batches' interaction actions
+    assert all(step["fed"] is None for step in steps)  # the model's own last argmax (its state)
+    for step in steps:
+        assert torch.equal(step["rows"], interacts[step["chosen"]]) and step["masks"] == int(step["rows"].sum())
+    assert workload.info()["chosen_actions"] == [a for step in steps for a in step["chosen"].tolist()]
+
+
+def test_the_agreement_with_fp32_is_the_share_of_equal_actions():
+    assert runner.action_agreement([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75
+    assert runner.action_agreement([1, 2], [1, 2, 3]) is None
 
 
 @pytest.fixture
@@ -104,7 +132,8 @@ def test_a_cell_of_a_real_model_measures_b_episodes(store, tmp_path, name, one_t
     vocab = json.loads((store / "vocab.json").read_text())
     path = tmp_path / name / "fp32.pt"
     save_model(build_model(name, TINY[name], vocab), path)
-    spec = {"host": "t", "model": name, "variant": "fp32", "device": "cpu", "batch_size": 3, "features": "mmap",
+    spec = {"host": "t", "model": name, "architecture": name, "workload": "expert", "variant": "fp32",
+            "device": "cpu", "batch_size": 3, "features": "mmap",
             "threads": 1, "max_steps": 2, "timeout_s": 60, "model_path": str(path), "fp32_path": str(path),
             "store_dir": str(store / "valid_seen"),
             "loop": {"min_iterations": 2, "min_duration_s": 0.0, "max_duration_s": 60.0, "warmup_iterations": 0},
@@ -112,7 +141,9 @@ def test_a_cell_of_a_real_model_measures_b_episodes(store, tmp_path, name, one_t
     row = child.measure_cell(spec, torch)
     assert row["observed_batch_size"] == 3 and row["iterations"] >= 2
     assert 1 <= row["steps_per_episode"] <= 2
-    assert row["flops_per_step"] > 0 and row["weight_bytes_per_step"] == path.stat().st_size
+    assert row["flops_per_step"] > 0
+    assert row["weight_bytes_per_step"] == pytest.approx(
+        row["step_weight_bytes"] + row["mask_step_fraction"] * row["mask_decoder_weight_bytes"])
     assert row["encode_latency_p50_ms"] < row["latency_p50_ms"]
     assert 0.0 <= row["mask_fraction"] <= 1.0 and row["mask_flops"] > 1e6  # one 300x300 mask decoder row
     # The pipeline counts once per model on the first episode (scripts/flops.py): same columns.
@@ -141,7 +172,36 @@ def test_the_transformers_import_is_not_in_the_timed_model_load():
     """make_workload imports the model's code, so load_time_ms times the load alone (the
     transformer's first import of transformers takes seconds)."""
     code = ("import sys; from alfred_edge.bench import workloads; "
-            "workloads.make_workload({'model': 'transformer', 'device': 'cpu', 'model_path': 'm.pt', 'store_dir': 's', "
-            "'features': 'mmap'}, 1, 1); print('transformers' in sys.modules)")
+            "workloads.make_workload({'model': 'transformer', 'architecture': 'transformer', 'workload': 'expert', "
+            "'device': 'cpu', 'model_path': 'm.pt', 'store_dir': 's', 'features': 'mmap'}, 1, 1); "
+            "print('transformers' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
+def test_a_steps_weight_bytes_are_its_modules_parameters(name, store):
+    """fp32: 4 bytes a parameter and buffer of every module but the language encoder's (read
+    once per episode) and the mask decoder's (counted apart); int8: the large layers in a byte."""
+    from alfred_edge.models import build_model
+    from alfred_edge.quantize.conversions import int8_targets, make_variant
+
+    model = build_model(name, TINY[name], json.loads((store / "vocab.json").read_text()))
+    skipped = (*model.ENCODE_ONLY, model.MASK_DECODER)
+
+    def fp32_bytes(keep):
+        tensors = [*model.named_parameters(), *model.named_buffers()]  # a tied weight once
+        return sum(t.numel() * 4 for n, t in tensors if keep(n) and t.dtype == torch.float32) + \
+            sum(t.numel() * t.element_size() for n, t in tensors if keep(n) and t.dtype != torch.float32)
+
+    def under(n, prefixes):
+        return any(n == p or n.startswith(p + ".") for p in prefixes)
+
+    step, mask = roofline.step_weight_bytes(model)
+    assert step == fp32_bytes(lambda n: not under(n, skipped))
+    assert mask == fp32_bytes(lambda n: under(n, (model.MASK_DECODER,)))
+    int8_step, int8_mask = roofline.step_weight_bytes(make_variant(model, "int8_dynamic"))
+    quantized_weights = [w for target in int8_targets(model) if not under(target, skipped)
+                         for n, w in model.get_submodule(target).named_parameters() if n.startswith("weight")]
+    assert quantized_weights and step - int8_step == 3 * sum(w.numel() for w in quantized_weights)  # 4 bytes -> 1
+    assert int8_mask < mask

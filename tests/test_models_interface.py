@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from alfred_edge.models.common import chosen_interactions
 from model_inputs import one_thread, random_batch, tiny_model, tiny_vocab  # noqa: F401 (fixture)
 
 
@@ -123,8 +124,9 @@ def test_batch_size_comes_from_the_caller(name):
 
 @pytest.mark.parametrize("name, seed", [("lstm", 5), ("transformer", 10)])  # seeds whose rows differ
 def test_masks_only_for_rows_whose_action_interacts(name, seed):
-    """with_mask as a [V] bool over the actions: the masks of exactly the rows whose argmax it
-    marks, equal to those rows of the every-row masks; none when no action is marked."""
+    """with_mask chosen_interactions([V] bool over the actions): the masks of exactly the rows
+    whose argmax it marks, equal to those rows of the every-row masks; none when no action is
+    marked."""
     model = tiny_model(name)
     batch = random_batch(tiny_vocab(), seed=seed, lang_lengths=(4, 5, 6, 7, 3, 5), frame_lengths=[2] * 6)
 
@@ -138,8 +140,8 @@ def test_masks_only_for_rows_whose_action_interacts(name, seed):
         marked = torch.zeros(logits.shape[1], dtype=torch.bool)
         marked[min(set(chosen), key=chosen.count)] = True  # the rarest chosen action
         rows = marked[logits.argmax(1)]
-        _, some, _ = first_step(marked)
-        _, none, _ = first_step(torch.zeros_like(marked))
+        _, some, _ = first_step(chosen_interactions(marked))
+        _, none, _ = first_step(chosen_interactions(torch.zeros_like(marked)))
     assert 0 < int(rows.sum()) < len(chosen)
     assert some.shape == (int(rows.sum()), 1, 300, 300)
     torch.testing.assert_close(some, every[rows], atol=1e-5, rtol=0)

@@ -8,6 +8,7 @@
 # never claim another host's files under reports/bench/.
 import shutil
 
+from alfred_edge.bench.harness import WORKLOADS
 from alfred_edge.bench.schema import path_pattern
 
 
@@ -20,6 +21,10 @@ BENCH_CELL = _bench_path("cells")
 BENCH_ROOFLINE = _bench_path("roofline")
 BENCH_CAPACITY = _bench_path("capacity")
 BENCH_FLOPS = f"reports/bench/{BENCH_HOST}/flops/{{model}}.json"
+if BENCH["workload"] not in WORKLOADS:
+    raise WorkflowError(
+        f"config: bench.workload is {BENCH['workload']!r}; use one of {', '.join(WORKLOADS)}"
+    )
 if BENCH["split"] not in DATA_SPLITS:
     raise WorkflowError(
         f"config: bench.split {BENCH['split']!r} is not in data.splits {DATA_SPLITS}"
@@ -63,6 +68,18 @@ def _smaller_batch_cell(wildcards):
     return [BENCH_CELL.format(**dict(wildcards, batch=smaller[-1]))]
 
 
+def _fp32_reference_cell(wildcards):
+    """With the policy workload, the fp32 cell of the same (model, device, features, batch):
+    the actions it chose, against which a variant's agreement is measured."""
+    if (
+        BENCH["workload"] != "policy"
+        or wildcards.variant == "fp32"
+        or "fp32" not in VARIANTS
+    ):
+        return []
+    return [BENCH_CELL.format(**dict(wildcards, variant="fp32"))]
+
+
 def get_bench_cell_inputs(wildcards):
     return {
         "model": f"models/{wildcards.model}/{wildcards.variant}.pt",
@@ -70,6 +87,7 @@ def get_bench_cell_inputs(wildcards):
         "roofline": BENCH_ROOFLINE.format(device=wildcards.device),
         "flops": BENCH_FLOPS.format(model=wildcards.model),
         "smaller_batch": _smaller_batch_cell(wildcards),
+        "fp32_cell": _fp32_reference_cell(wildcards),
     }
 
 
@@ -80,6 +98,16 @@ def _bench_job_settings(device):
         "python": BENCH["python"],
         "threads": BENCH["threads"],
         "timeout_s": BENCH["timeout_s"],
+    }
+
+
+def _model_settings(model):
+    """What a measuring process needs to know of the model besides its file."""
+    return {
+        "model": model,
+        "architecture": MODEL_ARCHITECTURES[model],
+        "cost_only": model in COST_ONLY_MODELS,
+        "workload": BENCH["workload"],
     }
 
 
@@ -96,11 +124,12 @@ def get_bench_cell_spec(wildcards):
         "min_duration_s",
         "max_duration_s",
         "warmup_iterations",
+        "ci_half_width",
     )
     return canonical(
         {
             **_bench_job_settings(wildcards.device),
-            "model": wildcards.model,
+            **_model_settings(wildcards.model),
             "variant": wildcards.variant,
             "features": wildcards.features,
             "batch_size": int(wildcards.batch),
@@ -144,7 +173,7 @@ def get_bench_capacity_spec(wildcards):
     return canonical(
         {
             **_bench_job_settings(wildcards.device),
-            "model": wildcards.model,
+            **_model_settings(wildcards.model),
             "variant": wildcards.variant,
             "features": "mmap",
             "capacity": {

@@ -14,6 +14,7 @@ from alfred_edge import variants
 from alfred_edge.data import dataset
 from alfred_edge.bench.environment import bench_devices, host_name
 from alfred_edge.code_digest import CodeIndex
+from alfred_edge.models.sizes import architecture_name
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -47,6 +48,11 @@ if not set(DATA_SPLITS) <= set(dataset.SPLITS):
     )
 VALID_SPLITS = [s for s in dataset.VALID_SPLITS if s in DATA_SPLITS]
 MODEL_NAMES = sorted(config["models"])
+MODEL_ARCHITECTURES = {
+    name: architecture_name(name, config["models"][name]) for name in MODEL_NAMES
+}
+# Random weights at the configured sizes: latency, memory and energy, no accuracy.
+COST_ONLY_MODELS = [m for m in MODEL_NAMES if config["models"][m].get("cost_only")]
 VARIANTS = list(config["quantize"]["variants"])
 for _setting, _names in (
     ("quantize.variants", VARIANTS),

@@ -14,5 +14,6 @@ with job_logging(snakemake) as log:
     spec["roofline_host"] = roofline if roofline["status"] == "ok" else None
     spec["flops"] = json.loads(Path(snakemake.input.flops).read_text())
     skip = runner.smaller_batch_oom_reason(list(snakemake.input.smaller_batch))
-    row = runner.run_cell(spec, snakemake.output[0], skip_reason=skip)
+    reference = [pq.read_table(path).to_pylist()[0]["chosen_actions"] for path in snakemake.input.fp32_cell]
+    row = runner.run_cell(spec, snakemake.output[0], skip_reason=skip, reference_actions=(reference or [None])[0])
     log.info("%s: %s %s", snakemake.output[0], row["status"], row.get("error") or "")

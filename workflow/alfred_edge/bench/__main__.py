@@ -19,16 +19,22 @@ from pathlib import Path
 
 from alfred_edge import variants
 from alfred_edge.bench import environment, schema
+from alfred_edge.bench.harness import WORKLOADS
+from alfred_edge.models.sizes import architecture_name
 
 CONFIG_PATH = environment.REPO_ROOT / "config" / "config.yaml"
 BENCH_ROOT = schema.path_pattern("cells").split("{host}")[0]  # reports/bench/, which --out-root replaces
 
 
-def config_bench(path: str | Path = CONFIG_PATH) -> dict:
-    """The bench section of config/config.yaml: the defaults of the settings below."""
+def read_config(path: str | Path = CONFIG_PATH) -> dict:
     import yaml  # the runner's side only: the measuring child never reads the config
 
-    return yaml.safe_load(Path(path).read_text())["bench"]
+    return yaml.safe_load(Path(path).read_text())
+
+
+def config_bench(path: str | Path = CONFIG_PATH) -> dict:
+    """The bench section of config/config.yaml: the defaults of the settings below."""
+    return read_config(path)["bench"]
 
 
 def output_path(table: str, out_root: str, **keys) -> Path:
@@ -61,6 +67,9 @@ def parse_args(argv, bench: dict):
         p.add_argument("--fp32-path", help="fp32 file for FLOP counting; default models/<model>/fp32.pt")
         p.add_argument("--store", default=f"data/store/{bench['split']}", help="store split folder (default %(default)s)")
         p.add_argument("--features", default="mmap", choices=["mmap", "ram"])
+        p.add_argument("--workload", default=bench["workload"], choices=WORKLOADS,
+                       help="expert: the expert's previous actions and masks (the same work for every variant); "
+                            "policy: the model's own (default %(default)s)")
         if job == "cell":
             p.add_argument("--batch", type=int, required=True)
             p.add_argument("--max-steps", type=int, default=int(bench["max_steps"]))
@@ -68,6 +77,8 @@ def parse_args(argv, bench: dict):
             p.add_argument("--min-duration-s", type=float, default=float(bench["min_duration_s"]))
             p.add_argument("--max-duration-s", type=float, default=float(bench["max_duration_s"]))
             p.add_argument("--warmup-iterations", type=int, default=int(bench["warmup_iterations"]))
+            p.add_argument("--ci-half-width", type=float, default=bench["ci_half_width"],
+                           help="go on until the p50's 95 %% interval is within this fraction of it (or --max-duration-s)")
             p.add_argument("--power-interval-s", type=float, default=float(bench["power"]["interval_s"]))
             p.add_argument("--idle-power-s", type=float, default=float(bench["power"]["idle_s"]))
             p.add_argument("--ram-limit-mb", type=float, help="end the cell as oom when its RSS passes this")
@@ -85,17 +96,23 @@ def parse_args(argv, bench: dict):
     return parser.parse_args(argv)
 
 
-def model_spec(args, host: str) -> dict:
-    model_path = args.model_path or (None if args.model in ("fake", "identity") else f"models/{args.model}/{args.variant}.pt")
-    fp32_path = args.fp32_path or (None if args.model in ("fake", "identity") else f"models/{args.model}/fp32.pt")
-    return {"model": args.model, "variant": args.variant, "model_path": model_path, "fp32_path": fp32_path,
-            "store_dir": args.store, "features": args.features}
+def model_spec(args, models: dict) -> dict:
+    """The model's part of a job's spec; `models` is the config's models section (a model it
+    lacks, such as fake or identity, is its own architecture)."""
+    real = args.model not in ("fake", "identity")
+    model_path = args.model_path or (f"models/{args.model}/{args.variant}.pt" if real else None)
+    fp32_path = args.fp32_path or (f"models/{args.model}/fp32.pt" if real else None)
+    entry = models.get(args.model, {})
+    return {"model": args.model, "architecture": architecture_name(args.model, entry) if real else None,
+            "cost_only": bool(entry.get("cost_only")), "workload": args.workload, "variant": args.variant,
+            "model_path": model_path, "fp32_path": fp32_path, "store_dir": args.store, "features": args.features}
 
 
 def main(argv=None) -> int:
     from alfred_edge.bench import runner
 
-    args = parse_args(sys.argv[1:] if argv is None else argv, config_bench())
+    config = read_config()
+    args = parse_args(sys.argv[1:] if argv is None else argv, config["bench"])
     host = environment.host_name(args.host)
     base = {"host": host, "device": args.device, "threads": args.threads, "timeout_s": args.timeout_s}
     out_root = Path(args.out_root) / host
@@ -104,9 +121,10 @@ def main(argv=None) -> int:
         roofline = {"matmul_size": args.matmul_size, "copy_mb": args.copy_mb, "seconds": args.seconds}
         row = runner.run_roofline({**base, "roofline": roofline}, out)
     elif args.job == "cell":
-        spec = {**base, **model_spec(args, host), "batch_size": args.batch, "max_steps": args.max_steps,
+        spec = {**base, **model_spec(args, config["models"]), "batch_size": args.batch, "max_steps": args.max_steps,
                 "loop": {"min_iterations": args.min_iterations, "min_duration_s": args.min_duration_s,
-                         "max_duration_s": args.max_duration_s, "warmup_iterations": args.warmup_iterations},
+                         "max_duration_s": args.max_duration_s, "warmup_iterations": args.warmup_iterations,
+                         "ci_half_width": args.ci_half_width},
                 "power": {"interval_s": args.power_interval_s, "idle_s": args.idle_power_s},
                 "ram_limit_mb": args.ram_limit_mb, "fault": args.fault,
                 "roofline_host": _roofline_row(args.roofline or output_path("roofline", out_root.parent, host=host, device=args.device))}
@@ -119,7 +137,7 @@ def main(argv=None) -> int:
 
         cap = {"budgets_gb": json.loads(args.budgets_gb), "measure": args.measure, "max_batch": args.max_batch,
                "factor": args.factor, "steps": args.steps, "max_seconds": args.max_seconds}
-        spec = {**base, **model_spec(args, host), "capacity": cap}
+        spec = {**base, **model_spec(args, config["models"]), "capacity": cap}
         cell_folder = output_path("cells", out_root.parent, host=host, model=args.model, variant=args.variant,
                                   device=args.device, features=args.features, batch="{batch}").parent
         cells = args.cells if args.cells is not None else list(_batch_files(cell_folder).values())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from alfred_edge import atomic
 from alfred_edge.bench import environment, memory, roofline
-from alfred_edge.bench.harness import LatencyTracker, LoopSettings, time_call, tracked_loop
+from alfred_edge.bench.harness import HostLoadTracker, LatencyTracker, LoopSettings, time_call, tracked_loop
 from alfred_edge.bench.memory import MemoryTracker
 from alfred_edge.bench.power import PowerTracker
 from alfred_edge.bench.roofline import RooflineTracker
@@ -112,12 +112,12 @@ def measure_cell(spec: dict, torch) -> dict:
         workload.run_batch()
     row["warmup_iterations"] = loop.warmup_iterations
 
-    latency = LatencyTracker(workload, spec["batch_size"])
+    latency = LatencyTracker(workload, spec["batch_size"], loop.ci_half_width)
     # Started in this order, stopped in the reverse: the power window closes right after the
     # loop; the roofline's FLOP count, which may load another model copy, comes after the
     # memory figures.
     trackers = [MemoryTracker(torch, spec["device"]), PowerTracker(spec["device"], spec["power"], spec["batch_size"]),
-                latency, RooflineTracker(spec, workload, latency, torch)]
+                HostLoadTracker(spec["threads"]), latency, RooflineTracker(spec, workload, latency, torch)]
     tracked_loop(workload, loop, trackers)
     for tracker in trackers:
         row.update(tracker.columns())

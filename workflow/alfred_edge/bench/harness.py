@@ -14,12 +14,15 @@ A workload (see workloads.py) provides:
 """
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+WORKLOADS = ("expert", "policy")  # what an episode decoding feeds back; see workloads.EpisodeWorkload
 LOW_N_P90 = 64     # MLPerf LoadGen's early-stopping floors
 LOW_N_P99 = 662
 WIDE_SPREAD = 0.10  # IQR / median (torch.utils.benchmark's "system fluctuation" warning)
@@ -35,6 +38,9 @@ class LoopSettings:
     min_duration_s: float
     max_duration_s: float
     warmup_iterations: int
+    # Beyond the minimums, go on until the p50's 95 % interval is within this fraction of the
+    # p50 (its half-width), checked on whole passes; max_duration_s caps it. None: no target.
+    ci_half_width: float | None = None
 
     def __post_init__(self):
         if self.min_iterations < 1 or self.warmup_iterations < 0:
@@ -61,10 +67,11 @@ def time_call(fn: Callable[[], object], sync: Callable[[], None]) -> float:
 
 def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: LoopSettings,
                after_iteration: Callable[[], None] = lambda: None, pass_length: int = 1) -> LoopResult:
-    """Run `run` until both settings.min_iterations and settings.min_duration_s are reached
-    and the count is a whole number of passes (`pass_length` iterations: every batch of the
-    workload's pool as often as the others), or settings.max_duration_s has passed, whatever
-    the count. Iterations are timed back to back: the clock
+    """Run `run` until settings.min_iterations and settings.min_duration_s are reached, the
+    count is a whole number of passes (`pass_length` iterations: every batch of the
+    workload's pool as often as the others) and the p50's interval is as narrow as
+    settings.ci_half_width asks, or settings.max_duration_s has passed, whatever the count.
+    Iterations are timed back to back: the clock
     reading that ends one iteration (after the device is synchronised) starts the next, so
     the loop's own bookkeeping and `after_iteration` (e.g. an RSS reading, a few µs) count in
     the latencies rather than vanishing between them, and the latencies sum to the loop's
@@ -82,7 +89,10 @@ def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: Lo
         cpu_stamps.append(cpu_clock())
         elapsed = stamps[-1] - stamps[0]
         count = len(stamps) - 1
-        if (count >= settings.min_iterations and elapsed >= min_ns and count % pass_length == 0) or elapsed >= max_ns:
+        if elapsed >= max_ns:
+            break
+        if count >= settings.min_iterations and elapsed >= min_ns and count % pass_length == 0 and (
+                settings.ci_half_width is None or half_width_ratio(np.diff(stamps)) <= settings.ci_half_width):
             break
     loop_wall_ns = wall_clock() - loop_start
     return LoopResult(np.diff(stamps) * 1e-9, loop_wall_ns * 1e-9, np.diff(cpu_stamps) * 1e-9)
@@ -125,12 +135,35 @@ def tracked_loop(workload, settings: LoopSettings, trackers: list[Tracker]) -> N
             tracker.stop(loop)
 
 
-class LatencyTracker(Tracker):
-    """The loop's latencies, throughput and CPU time (latency_stats), and what the workload
-    counted over it (its info(), the encode latency)."""
+def median_interval(samples, confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval of the median: the order statistics x(j) and
+    x(n+1-j) with j the largest rank that the binomial(n, 1/2) law of the count below the
+    median leaves at most (1 - confidence) / 2 below (Conover, Practical Nonparametric
+    Statistics, 3.2). None with too few samples for the confidence (fewer than 6 at 95 %)."""
+    values = np.sort(np.asarray(samples, dtype=float))
+    n, tail = len(values), (1 - confidence) / 2
+    below, j = 0.0, 0
+    while j < n:
+        below += math.comb(n, j) / 2.0 ** n  # P(count <= j)
+        if below > tail:
+            break
+        j += 1
+    return None if j == 0 else (float(values[j - 1]), float(values[n - j]))
 
-    def __init__(self, workload, batch_size: int):
-        self.workload, self.batch_size = workload, batch_size
+
+def half_width_ratio(samples) -> float:
+    """The p50 interval's half-width over the p50 (inf while the interval is undefined)."""
+    interval = median_interval(samples)
+    median = float(np.median(samples))
+    return (interval[1] - interval[0]) / 2 / median if interval and median > 0 else math.inf
+
+
+class LatencyTracker(Tracker):
+    """The loop's latencies, throughput and CPU time (latency_stats), the p50's interval, and
+    what the workload counted over it (its info(), the encode latency)."""
+
+    def __init__(self, workload, batch_size: int, ci_half_width: float | None = None):
+        self.workload, self.batch_size, self.ci_half_width = workload, batch_size, ci_half_width
 
     def start(self) -> None:
         self.workload.start_timing()
@@ -142,6 +175,9 @@ class LatencyTracker(Tracker):
         workload, loop = self.workload, self.loop
         cols = latency_stats(loop.latencies_s, loop.loop_wall_s, self.batch_size, workload.steps_per_episode,
                              loop.cpu_s, workload.batches_per_pass)
+        ratio = half_width_ratio(loop.latencies_s)
+        cols["latency_p50_ci_half_width"] = ratio if math.isfinite(ratio) else None
+        cols["flag_ci_wide"] = self.ci_half_width is not None and not ratio <= self.ci_half_width
         cols.update(workload.info())
         if workload.encode_times_s:
             cols["encode_latency_p50_ms"] = float(sorted(workload.encode_times_s)[len(workload.encode_times_s) // 2] * 1e3)
@@ -164,6 +200,7 @@ def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_ep
                "cpu_utilization": float(cpu_ms.sum() / lat_ms.sum()) if lat_ms.sum() > 0 else None}
     n = len(lat_ms)
     p25, p50, p75, p90, p95, p99 = np.percentile(lat_ms, [25, 50, 75, 90, 95, 99])
+    interval = median_interval(lat_ms) or (None, None)
     mean = float(lat_ms.mean())
     std = float(lat_ms.std(ddof=1)) if n > 1 else 0.0
     iqr = float(p75 - p25)
@@ -176,6 +213,8 @@ def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_ep
         "latency_std_ms": std,
         "latency_min_ms": float(lat_ms.min()),
         "latency_p50_ms": float(p50),
+        "latency_p50_ci_low_ms": interval[0],
+        "latency_p50_ci_high_ms": interval[1],
         "latency_p90_ms": float(p90),
         "latency_p95_ms": float(p95),
         "latency_p99_ms": float(p99),
@@ -206,3 +245,22 @@ def relative_spread(lat_ms: np.ndarray, pass_length: int) -> float | None:
         return None
     ratios = lat_ms / medians[position]
     return float(np.subtract(*np.percentile(ratios, [75, 25])))
+
+
+class HostLoadTracker(Tracker):
+    """The host's 1-minute load average before and after the loop, and whether the host was
+    busy: more load before it than the cores the cell's threads leave free (other work then
+    competes with the measurement; two threads on two busy cores measure contention)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def start(self) -> None:
+        self.before = os.getloadavg()[0]
+
+    def stop(self, loop: LoopResult | None) -> None:
+        self.after = os.getloadavg()[0]
+
+    def columns(self) -> dict:
+        return {"load_avg_before": self.before, "load_avg_after": self.after,
+                "flag_busy_host": self.before > (os.cpu_count() or 1) - self.threads}

@@ -1,10 +1,11 @@
 """Roofline: once per host and device, a short measurement of fp32 matmul throughput and
 memory bandwidth; per cell (RooflineTracker), the FLOPs and weight bytes of one decoder
-step, the roof they imply and the fraction of it the cell achieved."""
+step, the roof they imply and the fraction of it the cell achieved. A step's bytes are the
+weights it reads (step_weight_bytes): not the language encoder's, read once per episode, and
+the mask decoder's only on the steps that decode a mask."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from alfred_edge.bench.harness import LatencyTracker, Tracker
 
@@ -115,6 +116,37 @@ class RooflineTracker(Tracker):
         return cols
 
 
+def tensor_bytes(value) -> int:
+    """Bytes of the tensors in `value` (a tensor, quantized ones included, or nested tuples,
+    lists and dicts of them)."""
+    if hasattr(value, "element_size") and hasattr(value, "numel"):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        value = value.values()
+    return sum(tensor_bytes(v) for v in value) if isinstance(value, (tuple, list, type({}.values()))) else 0
+
+
+def module_bytes(module) -> int:
+    """Bytes of the weights a module holds itself (not its children's): its parameters and
+    buffers, and a dynamically quantized module's packed weights (_weight_bias), counted by
+    the module that packs them (a quantized Linear's come from its _packed_params child)."""
+    own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    packs = hasattr(module, "_weight_bias") and not any(hasattr(c, "_weight_bias") for c in module.children())
+    return tensor_bytes(own) + (tensor_bytes(module._weight_bias()) if packs else 0)
+
+
+def step_weight_bytes(model) -> tuple[float, float]:
+    """(bytes a decoder step reads without a mask, bytes of the mask decoder): every weight of
+    the model at its stored precision, less the modules only encode reads (the model's
+    ENCODE_ONLY) and the mask decoder (MASK_DECODER), which a step reads only when one of its
+    rows decodes a mask. A module shared by two names (the tied action embedding) counts once."""
+    skipped = {name: [m for m in model.get_submodule(name).modules()]
+               for name in (*model.ENCODE_ONLY, model.MASK_DECODER)}
+    left_out = {id(m) for modules in skipped.values() for m in modules}
+    step = sum(module_bytes(m) for m in model.modules() if id(m) not in left_out)
+    return float(step), float(sum(module_bytes(m) for m in skipped[model.MASK_DECODER]))
+
+
 def flop_columns(spec: dict, workload, torch) -> dict:
     """FLOPs of one step (see episode_flops): the spec's counts ("flops", from the
     pipeline's bench_flops job) or, without them, counted here on the fp32 architecture on
@@ -127,9 +159,20 @@ def flop_columns(spec: dict, workload, torch) -> dict:
         from alfred_edge.bench.workloads import load_model_file
 
         model = workload.model.float().cpu() if spec["model"] == "fake" else load_model_file(spec["fp32_path"], "cpu")
-        lang, lang_lengths, frames = workload.inputs[0]
+        lang, lang_lengths, frames = workload.inputs[0][:3]
         counts = episode_flops(torch, model, lang.cpu(), lang_lengths.cpu(), frames[:, :2].float().cpu())
     masks_per_step = workload.mask_rows * workload.batch_size / workload.step_rows  # rows with a mask, per step
-    weight_bytes = float(Path(spec["model_path"]).stat().st_size) if spec.get("model_path") else \
-        float(sum(t.numel() * t.element_size() for t in workload.model.state_dict().values()))
-    return {**cell_flops(counts, spec["batch_size"], masks_per_step), "weight_bytes_per_step": weight_bytes}
+    return {**cell_flops(counts, spec["batch_size"], masks_per_step), **byte_columns(workload)}
+
+
+def byte_columns(workload) -> dict:
+    """The weight bytes of one step: those every step reads, plus the mask decoder's at the rate
+    of the steps that decoded a mask (whatever their number of rows). A model without the
+    split (the harness's fake) counts all its weights."""
+    model = workload.model
+    if not hasattr(model, "MASK_DECODER"):
+        return {"weight_bytes_per_step": float(tensor_bytes(list(model.state_dict().values())))}
+    step, mask = step_weight_bytes(model)
+    rate = workload.mask_steps / workload.steps if workload.steps else 0.0
+    return {"weight_bytes_per_step": step + rate * mask, "step_weight_bytes": step, "mask_decoder_weight_bytes": mask,
+            "mask_step_fraction": rate}

@@ -181,12 +181,14 @@ def cuda_absent_reason(device: str) -> str | None:
 
 # --- jobs --------------------------------------------------------------------------------
 
-CELL_KEYS = ("model", "variant", "features", "batch_size", "model_path")
+CELL_KEYS = ("model", "architecture", "cost_only", "workload", "variant", "features", "batch_size", "model_path")
 
 
-def run_cell(spec: dict, out_path: str | os.PathLike, skip_reason: str | None = None) -> dict:
+def run_cell(spec: dict, out_path: str | os.PathLike, skip_reason: str | None = None,
+             reference_actions: list[int] | None = None) -> dict:
     """Measure one cell and write its row. skip_reason (e.g. a smaller batch ran out of
-    memory) writes a skipped row without measuring."""
+    memory) writes a skipped row without measuring. reference_actions: with the policy
+    workload, the actions the fp32 cell chose on the same episodes (its chosen_actions)."""
     keys = {k: spec.get(k) for k in CELL_KEYS}
     if spec.get("model_path") and Path(spec["model_path"]).exists():
         keys["model_file_mb"] = Path(spec["model_path"]).stat().st_size / 1e6
@@ -196,7 +198,17 @@ def run_cell(spec: dict, out_path: str | os.PathLike, skip_reason: str | None = 
     child = run_child("cell", spec, spec["timeout_s"], spec.get("ram_limit_mb"))
     row = {**base_columns(spec), **keys, **exit_columns(child, spec["timeout_s"], spec.get("ram_limit_mb")),
            "wall_time_s": child.wall_s, "ram_limit_mb": spec.get("ram_limit_mb")}
+    if reference_actions and row.get("chosen_actions"):
+        row["action_agreement_fp32"] = action_agreement(row["chosen_actions"], reference_actions)
     return finish("cells", row, out_path)
+
+
+def action_agreement(actions: list[int], reference: list[int]) -> float | None:
+    """The share of steps where two cells chose the same action (null when they decoded
+    different episodes or steps, so their lists differ in length)."""
+    if len(actions) != len(reference):
+        return None
+    return sum(a == b for a, b in zip(actions, reference)) / len(actions)
 
 
 def run_roofline(spec: dict, out_path: str | os.PathLike) -> dict:

@@ -2,13 +2,22 @@
 
     IdentityWorkload   an identity module on a fixed tensor: the harness's own overhead
     EpisodeWorkload    ALFRED-style decoding of a batch of B episodes: language encoded once,
-                       then one `step` per frame with the model's own previous action (argmax),
-                       for min(max_steps, longest episode) steps (the fewest over the pool's
-                       batches, so that all decode as many), a mask decoded for each row
-                       whose chosen action interacts (the only masks ALFRED's agent uses;
-                       mask_fraction records their share). Its model and batches come from
-                       the store and a model file (real cells) or from FakeEpisodeModel and
-                       random tensors (harness self-tests, `--model fake`).
+                       then one `step` per frame, for min(max_steps, longest episode) steps (the
+                       fewest over the pool's batches, so that all decode as many), in one of
+                       two modes (config bench.workload):
+                         expert  the previous action fed is the expert's (the store's gold
+                                 action), and a mask is decoded exactly at the expert's
+                                 interaction steps: every variant, model and host decodes the
+                                 same actions and masks, so their costs compare the same work
+                                 (MLPerf's rule: the same queries for every system under test)
+                         policy  the model's own previous action (argmax), as ALFRED's agent
+                                 runs, and a mask for each row whose chosen action interacts;
+                                 the variants then do different work, so the cell records the
+                                 actions it chose (the first pass over the pool) for their
+                                 agreement with fp32's
+                       mask_fraction records the share of rows that decoded a mask. Its model
+                       and batches come from the store and a model file (real cells) or from
+                       FakeEpisodeModel and random tensors (harness self-tests, `--model fake`).
     make_workload      the workload a job's spec names
 
 A cell decodes a pool of the split's first EPISODE_POOL episodes (B of them, when B is larger),
@@ -30,9 +39,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alfred_edge.bench.harness import BatchSizeError
+from alfred_edge.bench.harness import WORKLOADS, BatchSizeError
 from alfred_edge.data.dataset import FRAME_SHAPE
-from alfred_edge.models.common import step_masks
+from alfred_edge.models.common import chosen_interactions, step_masks
 
 MASK_SHAPE = (1, 300, 300)
 EPISODE_POOL = 8  # episodes every cell decodes in turn (batches 1, 2, 4 and 8 all cover the same 8)
@@ -50,10 +59,10 @@ def make_workload(spec: dict, batch_size: int, max_steps: int):
     else:
         from alfred_edge.models import model_class
 
-        model_class(model)  # its code imported here, not in the timed load (transformers: seconds)
+        model_class(spec["architecture"])  # its code imported here, not in the timed load (transformers: seconds)
         load = lambda dev: load_model_file(spec["model_path"], dev)  # noqa: E731
         make_batches = lambda: store_batches(spec["store_dir"], batch_size, max_steps, spec["features"])  # noqa: E731
-    return EpisodeWorkload(batch_size, device, load, make_batches, max_steps)
+    return EpisodeWorkload(batch_size, device, load, make_batches, max_steps, spec["workload"])
 
 
 def load_model_file(path: str, device):
@@ -174,10 +183,13 @@ def fake_batches(batch_size: int, steps: int) -> list[dict]:
     for seed in range(batches_per_pass(batch_size)):
         gen = torch.Generator().manual_seed(seed)
         lengths = torch.randint(3, 9, (batch_size,), generator=gen)
+        actions = torch.randint(0, 12, (batch_size, steps), generator=gen)
         batches.append({
             "lang": torch.randint(1, 32, (batch_size, int(lengths.max())), generator=gen),
             "lang_lengths": lengths,
             "frames": torch.randn(batch_size, steps, *FRAME_SHAPE, generator=gen),
+            "actions": actions,
+            "valid_interact": mask_actions[actions],
             "distinct_episodes": batch_size,
             "mask_actions": mask_actions,
         })
@@ -210,6 +222,8 @@ def store_batches(store_dir: str, batch_size: int, max_steps: int, features: str
         "lang": batch["lang"],
         "lang_lengths": batch["lang_lengths"],
         "frames": batch["frames"][:, :steps].contiguous(),  # [B,steps,512,7,7]
+        "actions": batch["actions"][:, :steps],  # [B,steps] the expert's
+        "valid_interact": batch["valid_interact"][:, :steps],  # [B,steps] where the expert interacts
         "distinct_episodes": min(batch_size, len(dataset)),
         "mask_actions": mask_actions,
         "_dataset": dataset,  # keeps the "ram" copy alive for the run, as a deployment would
@@ -226,19 +240,23 @@ def _vocab_path(store_dir: str) -> Path:
 
 
 class EpisodeWorkload:
-    """One iteration = the decoding of B whole episodes, the pool's next batch (see the module
-    docstring)."""
+    """One iteration = the decoding of B whole episodes, the pool's next batch, in the mode
+    `workload` ("expert" or "policy"; see the module docstring)."""
 
-    def __init__(self, batch_size: int, device: str, load_model, make_batches, max_steps: int):
+    def __init__(self, batch_size: int, device: str, load_model, make_batches, max_steps: int, workload: str):
+        if workload not in WORKLOADS:
+            raise ValueError(f"unknown workload {workload!r}; use one of {WORKLOADS}")
         self.batch_size = batch_size
         self.device = check_device(device)
         self.sync = sync_for(self.device)
         self._load_model = load_model
         self._make_batches = make_batches
         self.max_steps = max_steps
+        self.workload = workload
         self.encode_times_s: list[float] = []
         self.observed_batch_size = None
-        self.mask_rows = self.step_rows = 0
+        self.mask_rows = self.step_rows = self.mask_steps = self.steps = 0
+        self.chosen_actions: list[int] = []
 
     def load(self) -> None:
         self.model = self._load_model(self.device)
@@ -248,15 +266,15 @@ class EpisodeWorkload:
         batches = self._make_batches()
         self.distinct_episodes = batches[0]["distinct_episodes"]
         self._keep = batches[0].get("_dataset")
-        self.mask_actions = batches[0]["mask_actions"].to(self.device)  # [V] bool
-        # (lang [B,L], lang_lengths [B], frames [B,T,512,7,7]) of each batch of the pool
-        self.inputs = [(b["lang"].to(self.device), b["lang_lengths"].to(self.device), b["frames"].to(self.device))
-                       for b in batches]
-        for lang, _, frames in self.inputs:
+        self.choose_masks = chosen_interactions(batches[0]["mask_actions"].to(self.device))
+        # (lang [B,L], lang_lengths [B], frames [B,T,512,7,7], actions [B,T], valid_interact [B,T]) of each batch
+        self.inputs = [tuple(b[key].to(self.device) for key in ("lang", "lang_lengths", "frames", "actions",
+                                                                  "valid_interact")) for b in batches]
+        for lang, _, frames, _, _ in self.inputs:
             if lang.shape[0] != self.batch_size or frames.shape[0] != self.batch_size:
                 raise BatchSizeError(f"asked for batch {self.batch_size}, the loader gave lang "
                                      f"{tuple(lang.shape)} and frames {tuple(frames.shape)}")
-        self.steps_per_episode = min(self.max_steps, *(frames.shape[1] for _, _, frames in self.inputs))
+        self.steps_per_episode = min(self.max_steps, *(frames.shape[1] for _, _, frames, _, _ in self.inputs))
         self.batches_per_pass = len(self.inputs)
         self._next = 0
 
@@ -264,22 +282,29 @@ class EpisodeWorkload:
         """From here on, the counters cover the timed loop alone, from the pool's first batch:
         whole passes, each batch as often as the others."""
         self.encode_times_s.clear()
-        self.mask_rows = self.step_rows = 0
+        self.mask_rows = self.step_rows = self.mask_steps = self.steps = 0
+        self.chosen_actions = []
         self._next = 0
 
     @torch.inference_mode()
     def run_batch(self) -> None:
-        lang, lang_lengths, frames = self.inputs[self._next]
+        lang, lang_lengths, frames, actions, interact = self.inputs[self._next]
+        first_pass = len(self.chosen_actions) < self.batches_per_pass * self.batch_size * self.steps_per_episode
         self._next = (self._next + 1) % self.batches_per_pass
         start = time.perf_counter()
         state = self.model.encode(lang, lang_lengths)
         self.sync()
         self.encode_times_s.append(time.perf_counter() - start)
-        prev_action = None  # step 0 starts from the model's learned `go` input
+        expert = self.workload == "expert"
         for t in range(self.steps_per_episode):
-            logits, mask, state = self.model.step(state, frames[:, t], prev_action, with_mask=self.mask_actions)
+            if expert:  # step 0 starts from the model's learned `go` input
+                prev_action, with_mask = (actions[:, t - 1] if t else None), (lambda _, rows=interact[:, t]: rows)
+            else:  # the model's own previous action (state["last"]), as in ALFRED's eval
+                prev_action, with_mask = None, self.choose_masks
+            logits, mask, state = self.model.step(state, frames[:, t], prev_action, with_mask=with_mask)
             self._check(logits, mask, t)
-            prev_action = logits.argmax(1)  # [B]: the model's own action, as in ALFRED's eval
+            if not expert and first_pass:
+                self.chosen_actions += logits.argmax(1).tolist()
 
     def _check(self, logits, mask, t: int) -> None:
         B = self.batch_size
@@ -289,10 +314,16 @@ class EpisodeWorkload:
             raise BatchSizeError(f"step {t}: asked for batch {B}, the model returned action_logits "
                                  f"{tuple(logits.shape)} and mask_logits "
                                  f"{None if mask is None else tuple(mask.shape)} (expected [{B},V] and "
-                                 f"[n,1,300,300], n <= {B} the rows whose action interacts)")
+                                 f"[n,1,300,300], n <= {B} the rows that decode a mask)")
         self.mask_rows += mask.shape[0]
         self.step_rows += B
+        self.mask_steps += mask.shape[0] > 0
+        self.steps += 1
 
     def info(self) -> dict:
-        return {"observed_batch_size": self.observed_batch_size, "distinct_episodes": self.distinct_episodes,
+        info = {"observed_batch_size": self.observed_batch_size, "distinct_episodes": self.distinct_episodes,
+                "workload": self.workload,
                 "mask_fraction": self.mask_rows / self.step_rows if self.step_rows else None}
+        if self.workload == "policy":
+            info["chosen_actions"] = self.chosen_actions
+        return info

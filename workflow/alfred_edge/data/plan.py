@@ -45,12 +45,12 @@ def manifest_rows(data_cfg: dict) -> list[dict]:
 def reserved_bytes(models_cfg: dict, variants: list[str], n_bench_cells: int, source: str) -> dict[str, int]:
     """Bytes of the non-data outputs: models/{model}/{variant}.pt from parameter counts, and
     the benchmark results."""
-    from alfred_edge.models.sizes import fp32_file_bytes
+    from alfred_edge.models.sizes import architecture_name, fp32_file_bytes
 
     vocab = ESTIMATED_VOCAB["synthetic" if source == "synthetic" else "alfred"]
     out = {}
     for name, cfg in sorted(models_cfg.items()):
-        fp32 = fp32_file_bytes(name, cfg, vocab)
+        fp32 = fp32_file_bytes(architecture_name(name, cfg), cfg, vocab)
         out[f"models/{name}"] = int(fp32 * sum(VARIANTS[v].size_fraction for v in set(variants) | {"fp32"}))
     out["reports"] = n_bench_cells * RESULTS_BYTES_PER_CELL
     return out

@@ -49,15 +49,21 @@ def next_input_actions(state, prev_action):
 
 
 def step_masks(mask_dec, cont_t, action_t, with_mask):
-    """The step's mask logits. with_mask True: every row [B,1,P,P]; False: None; a bool
-    tensor [V] marking the interaction actions: only the rows whose chosen action (argmax)
-    is one, in row order [n,1,P,P]. (ALFRED's evaluation decodes a mask at every step but
-    uses it only with an interaction action; the agent's outputs are the same.)"""
+    """The step's mask logits. with_mask True: every row [B,1,P,P]; False: None; a function
+    of the step's action logits [B,V] giving the rows to decode, a bool [B]: those rows, in
+    row order [n,1,P,P] (e.g. the rows whose chosen action interacts, as ALFRED's agent uses a
+    mask only with an interaction action, or the rows where the expert interacts)."""
     if with_mask is True:
         return mask_dec(cont_t)
     if with_mask is False:
         return None
-    return mask_dec(cont_t[with_mask[action_t.argmax(1)]])
+    return mask_dec(cont_t[with_mask(action_t)])
+
+
+def chosen_interactions(interaction_actions):
+    """with_mask for a step: the rows whose chosen action (argmax) is one of the interaction
+    actions (a bool [V] over the action vocabulary)."""
+    return lambda action_logits: interaction_actions[action_logits.argmax(1)]
 
 
 def check_batch(batch) -> int:

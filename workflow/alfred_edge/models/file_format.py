@@ -4,7 +4,8 @@ saved with torch.save and read with torch.load(weights_only=True), so reading on
 pickled code; its "format" key names the kind and its version:
 
     alfred-edge-model/1    the header (format, model, config, vocab_sizes, vocab_digest; see
-                           alfred_edge.models.model_record) and "state_dict"
+                           alfred_edge.models.model_record; and what its writer noted:
+                           best_epoch, imported_from, cost_only) and "state_dict"
     alfred-edge-variant/1  format, variant, engine (int8 only), torch_version, "source" (the
                            fp32 file's header) and "state_dict", or "unavailable": the reason
                            the variant could not be built, and no weights

@@ -45,6 +45,12 @@ VIS_CHANNELS = (256, 64)  # 1x1 convs of ALFRED's ResnetVisualEncoder
 FLAT = VIS_CHANNELS[-1] * FRAME_SHAPE[1] * FRAME_SHAPE[2]  # 3136
 
 
+def architecture_name(name: str, model_config: Mapping) -> str:
+    """The architecture of the config's model entry `name`: its `architecture` key, else the
+    name itself (the entries `lstm` and `transformer`)."""
+    return model_config.get("architecture", name)
+
+
 def architecture(name: str, model_config: Mapping) -> dict:
     """The model's architecture settings: defaults overridden by the config (other keys such
     as `train` and `init_from` are not architecture and are left out)."""

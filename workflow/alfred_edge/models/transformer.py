@@ -65,6 +65,8 @@ def _bart_config(a: dict, vocab_size: int) -> BartConfig:
 
 class Seq2SeqTransformer(nn.Module):
     name = "transformer"
+    ENCODE_ONLY = ("encoder",)  # as in lstm.Seq2SeqImMask
+    MASK_DECODER = "mask_dec"
 
     def __init__(self, config: dict, vocab_sizes: dict):
         super().__init__()

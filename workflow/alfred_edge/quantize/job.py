@@ -18,6 +18,7 @@ from alfred_edge.variants import VariantUnavailable
 log = logging.getLogger(__name__)
 
 EVAL_METRICS = ("action_acc", "action_f1", "action_em", "mask_iou", "loss", "n_annotations")
+COST_ONLY = "untrained: cost only"  # the reason of a cost-only model's rows, which have no accuracy
 
 
 def eval_device(variant: str) -> str:
@@ -32,7 +33,8 @@ def quantize_job(fp32_path, variant: str, store_dir, splits, variant_path, table
     the trained file is the variant), evaluate the file's model on `splits` of the store
     and write the one-row table `table_path` (columns: see eval_table). A variant that cannot
     be built or evaluated here gets a row with status "unavailable" or "failed" and the
-    reason, and its file records the reason; the job itself succeeds. Returns the row."""
+    reason, and its file records the reason; the job itself succeeds. A cost-only model
+    (random weights) is not evaluated: its row's reason says so. Returns the row."""
     fp32_path = Path(fp32_path)
     record = read_variant_file(fp32_path)
     row = {"model": record["model"], "variant": variant, "status": "ok", "reason": "",
@@ -41,7 +43,9 @@ def quantize_job(fp32_path, variant: str, store_dir, splits, variant_path, table
         variant_path = fp32_path
     else:
         row.update(_build(fp32_path, record, variant, Path(variant_path)))
-    if row["status"] == "ok":
+    if row["status"] == "ok" and record.get("cost_only"):
+        row.update(file_size_bytes=Path(variant_path).stat().st_size, reason=COST_ONLY)
+    elif row["status"] == "ok":
         row.update(_evaluate(variant, Path(variant_path), store_dir, splits, batch_size))
     table = eval_table(row, splits)
     from alfred_edge.atomic import write_parquet
