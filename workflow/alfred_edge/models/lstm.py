@@ -19,8 +19,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from alfred_edge.torch_compat import is_exporting
-
 from .sizes import FLAT, RESNET_CHANNELS, VIS_CHANNELS, architecture
 from .common import (
     check_batch,
@@ -53,17 +51,20 @@ def dot_attention(inp, h):
 
 def transposed_layout(x) -> bool:
     """Whether linear() / lstm_cell() compute their products on x as weight @ x.T: on a float32
-    CPU batch [B,in], in eager mode. At a few rows, a decoder step's batch, MKL's sgemm is
-    slower for x @ weight.T (nn.Linear's product) than for this layout. An ONNX export gets
-    nn.Linear's product, which ONNX Runtime's own kernels and quantizer recognise."""
-    return x.dim() == 2 and x.device.type == "cpu" and x.dtype == torch.float32 and not is_exporting()
+    CPU batch [B,in], when not traced. At a few rows, a decoder step's batch, MKL's sgemm is
+    slower for x @ weight.T (nn.Linear's product) than for this layout. A trace (the ONNX
+    export's) records nn.Linear's product, the layout ONNX Runtime's kernels and quantizer
+    expect."""
+    return x.dim() == 2 and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.jit.is_tracing()
 
 
 def linear(layer, x):
-    """layer(x) for x [B,in]: (weight @ x.T).T + bias for a float nn.Linear where
-    transposed_layout(x); quantized modules run their own code."""
-    if not (type(layer) is nn.Linear and layer.bias is not None and transposed_layout(x)):
+    """layer(x) for x [B,in]: (weight @ x.T).T (+ bias) for a float nn.Linear where
+    transposed_layout(x); other modules (quantized, factorised) run their own code."""
+    if not (type(layer) is nn.Linear and transposed_layout(x)):
         return layer(x)
+    if layer.bias is None:
+        return torch.mm(layer.weight, x.t()).t()  # [B,out]
     return torch.addmm(layer.bias[:, None], layer.weight, x.t()).t()  # [B,out]
 
 
@@ -281,9 +282,11 @@ class Seq2SeqImMask(nn.Module):
         cont = self.enc_att(enc)  # [B,D]: the decoder's h_0 (c_0 = 0)
         return {"batch": batch, "t": 0, "enc": enc, "h": cont, "c": torch.zeros_like(cont), "last": None}
 
-    def encode_language(self, emb, lengths):
+    def encode_language(self, emb, lengths, longest=None):
         """The bidirectional encoder over each row's first `length` tokens: [B,L,demb] ->
-        [B,max(len),2*dhid], zero after each length (as pad_packed_sequence gives it). A float
+        [B,longest,2*dhid], zero after each length; `longest` defaults to max(len), as
+        pad_packed_sequence gives it (an ONNX export, whose shapes cannot depend on the
+        lengths' values, passes L and gets the language cut to max(len) by its caller). A float
         nn.LSTM runs each direction on the padded batch, the backward one on rows reversed
         within their length: oneDNN's fused kernel then serves every batch, where a packed
         batch fell back to a per-token loop (the outputs are the same). The dynamic int8 LSTM
@@ -295,8 +298,8 @@ class Seq2SeqImMask(nn.Module):
         h0 = emb.new_zeros(1, emb.shape[0], self.enc.hidden_size)
         forward = self._lstm_direction(emb, h0, "")
         backward = reverse_within(self._lstm_direction(reverse_within(emb, lengths), h0, "_reverse"), lengths)
-        longest = int(lengths.max())
-        inside = torch.arange(longest, device=emb.device)[None, :] < lengths[:, None]  # [B,max(len)]
+        longest = int(lengths.max()) if longest is None else longest
+        inside = torch.arange(longest, device=emb.device)[None, :] < lengths[:, None]  # [B,longest]
         return torch.cat([forward, backward], 2)[:, :longest] * inside[:, :, None]
 
     def _lstm_direction(self, x, h0, suffix: str):
