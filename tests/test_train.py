@@ -48,6 +48,27 @@ def test_training_writes_model_and_per_epoch_metrics(name, store, tmp_path):
     assert torch.load(tmp_path / "fp32.pt", weights_only=True)["best_epoch"] == best
 
 
+def test_the_training_loss_is_logged_every_few_batches_as_the_mean_over_them(store, tmp_path, monkeypatch):
+    """8 annotations in batches of 3: 3 batches an epoch, logged after the 2nd and the (partial)
+    last window; the windows' means, weighted by their batches, give the epoch's mean loss."""
+    import alfred_edge.train as train_module
+
+    monkeypatch.setattr(train_module, "LOGGED_POINTS_PER_EPOCH", 2)
+    config = {**TINY["lstm"], "train": {**HP, "batch": 3}}
+    train("lstm", config, store, tmp_path / "fp32.pt", tmp_path / "train_metrics.parquet", progress=False,
+          steps_path=tmp_path / "train_steps.parquet")
+    steps = pd.read_parquet(tmp_path / "train_steps.parquet")
+    epochs = pd.read_parquet(tmp_path / "train_metrics.parquet").set_index("epoch")
+    assert list(zip(steps["epoch"], steps["step"])) == [(1, 2), (1, 3), (2, 2), (2, 3)]
+    assert list(steps["steps_in_epoch"]) == [3] * 4 and list(steps["samples"]) == [6, 8, 14, 16]
+    assert steps["seconds"].is_monotonic_increasing
+    for epoch, rows in steps.groupby("epoch"):
+        weighted = (rows["train/loss"] * rows["step"].diff().fillna(rows["step"])).sum() / 3
+        assert weighted == pytest.approx(epochs.loc[epoch, "train/loss"], rel=1e-6)
+    assert (steps["train/loss_action"] + steps["train/loss_mask"]).to_numpy() == pytest.approx(
+        steps["train/loss"].to_numpy(), rel=1e-6)
+
+
 def test_the_best_epoch_is_alfreds_lowest_free_running_loss(store, tmp_path, monkeypatch):
     """ALFRED keeps the epoch whose valid_seen loss in eval mode (own argmax fed back) is lowest,
     not the teacher-forced one: here the two disagree."""

@@ -1,10 +1,12 @@
 """Train one model on the store (rule train):
 
-    train("lstm", model_config, "data/store", "models/lstm/fp32.pt", "models/lstm/train_metrics.parquet")
+    train("lstm", model_config, "data/store", "models/lstm/fp32.pt", "models/lstm/train_metrics.parquet",
+          steps_path="models/lstm/train_steps.parquet")
 
 ALFRED's recipe: Adam, batches of annotations padded by the loader, the action loss plus the
 weighted mask loss on interaction steps (plus the progress-monitor losses when configured),
-evaluation on valid_seen and valid_unseen after every epoch, and the epoch with the lowest
+evaluation on valid_seen and valid_unseen after every epoch (the training loss logged every few
+batches as well, so that the report draws a curve of even one epoch), and the epoch with the lowest
 valid_seen loss in eval mode (the model's own argmax fed back, evaluate's `free_loss`) kept,
 as ALFRED keeps best_seen.pth. Deterministic for a given seed on CPU: the seed fixes the
 initial weights, the dropout masks and the shuffling.
@@ -15,6 +17,7 @@ checkpoint's weights unchanged as the model file.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -28,19 +31,33 @@ from alfred_edge.models import build_model, save_model
 
 log = logging.getLogger(__name__)
 BEST_BY = "valid_seen/free_loss"
+# Points an epoch contributes to the report's training curve: enough that a one-epoch run
+# shows the loss falling, few enough that a long epoch's log stays small.
+LOGGED_POINTS_PER_EPOCH = 50
 
 
-def make_model(name, model_config, vocab):
-    """A fresh model, or with `init_from` the lstm of an ALFRED checkpoint."""
+def make_model(architecture, model_config, vocab):
+    """A fresh model, or with `init_from` (the schema admits it for the lstm only) the lstm of
+    an ALFRED checkpoint."""
     if model_config.get("init_from"):
-        if name != "lstm":
-            raise ValueError(f"models.{name}.init_from: only lstm can start from an ALFRED checkpoint")
         from alfred_edge.models.alfred_checkpoint import import_alfred_checkpoint
         from alfred_edge.models.sizes import architecture
 
         dropouts = {k: v for k, v in architecture("lstm", model_config).items() if k.endswith("dropout")}
         return import_alfred_checkpoint(model_config["init_from"], model_config, vocab, overrides=dropouts).train()
-    return build_model(name, model_config, vocab)
+    return build_model(architecture, model_config, vocab)
+
+
+def untrained_model(architecture, model_config, store_dir, model_path) -> None:
+    """models/<model>/fp32.pt with random weights (rule untrained_model, a cost-only model):
+    its latency, memory and energy are the architecture's at these sizes, whatever the
+    weights; the file says cost_only, so that nothing reports an accuracy for it. Seeded, so
+    that the file is the same on every run."""
+    from alfred_edge.data.vocab import load_vocab
+
+    torch.manual_seed(0)
+    model = build_model(architecture, model_config, load_vocab(Path(store_dir) / "vocab.json"))
+    save_model(model.eval(), model_path, cost_only=True)
 
 
 def import_model(model_config, store_dir, model_path) -> None:
@@ -68,8 +85,16 @@ def sample_mask_steps(interact, k, generator):
     return steps, keep
 
 
-def train(name, model_config, store_dir, model_path, metrics_path, device="cpu", progress=True) -> dict:
-    """Train, write model_path (fp32.pt) and metrics_path (one row per epoch); returns a summary."""
+def log_interval(batches_per_epoch: int) -> int:
+    """Batches between two logged training losses: about LOGGED_POINTS_PER_EPOCH per epoch."""
+    return max(1, math.ceil(batches_per_epoch / LOGGED_POINTS_PER_EPOCH))
+
+
+def train(architecture, model_config, store_dir, model_path, metrics_path, device="cpu", progress=True,
+          steps_path=None) -> dict:
+    """Train, write model_path (fp32.pt), metrics_path (one row per epoch) and, given
+    steps_path, the training losses every log_interval() batches, each the mean over those
+    batches (one row per logged step); returns a summary."""
     from tqdm import tqdm
 
     from alfred_edge.data.loader import StoreDataset
@@ -80,7 +105,7 @@ def train(name, model_config, store_dir, model_path, metrics_path, device="cpu",
     store_dir = Path(store_dir)
     vocab = load_vocab(store_dir / "vocab.json")
     torch.manual_seed(hp["seed"])
-    model = make_model(name, model_config, vocab).to(device)
+    model = make_model(architecture, model_config, vocab).to(device)
     if len(StoreDataset(store_dir / "train")) == 0:
         raise ValueError(f"{store_dir / 'train'}: the training store has no annotations (check its rejected.parquet)")
     shuffle = torch.Generator().manual_seed(hp["seed"])
@@ -92,12 +117,13 @@ def train(name, model_config, store_dir, model_path, metrics_path, device="cpu",
         raise ValueError(f"{store_dir / 'valid_seen'}: needed (non-empty) to choose the best epoch")
     optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"])
 
-    rows, best, started = [], None, time.perf_counter()
+    rows, step_rows, best, started = [], [], None, time.perf_counter()
+    interval, samples = log_interval(len(train_loader)), 0
     for epoch in range(1, hp["epochs"] + 1):
         epoch_start = time.perf_counter()
         model.train()
-        running, n = 0.0, 0
-        bar = tqdm(train_loader, desc=f"train {name} epoch {epoch}/{hp['epochs']}", unit="batch", disable=not progress)
+        running, n, window = 0.0, 0, {}
+        bar = tqdm(train_loader, desc=f"train {architecture} epoch {epoch}/{hp['epochs']}", unit="batch", disable=not progress)
         for batch in bar:
             batch = to_device(batch, device)
             steps, keep = sample_mask_steps(batch["valid_interact"], hp.get("mask_steps_per_batch"), mask_sampler)
@@ -107,8 +133,16 @@ def train(name, model_config, store_dir, model_path, metrics_path, device="cpu",
             optimizer.zero_grad()
             losses["loss"].backward()
             optimizer.step()
-            running, n = running + losses["loss"].item(), n + 1
+            values = {key: value.item() for key, value in losses.items()}
+            running, n, samples = running + values["loss"], n + 1, samples + len(batch["lang_lengths"])
             bar.set_postfix(loss=f"{running / n:.4f}")
+            for key, value in values.items():
+                window.setdefault(key, []).append(value)
+            if n % interval == 0 or n == len(train_loader):
+                step_rows.append({"epoch": epoch, "step": n, "steps_in_epoch": len(train_loader), "samples": samples,
+                                  **{f"train/{key}": sum(v) / len(v) for key, v in window.items()},
+                                  "seconds": time.perf_counter() - started})
+                window = {}
         row = {"epoch": epoch, "train/loss": running / n, "train_seconds": time.perf_counter() - epoch_start}
         eval_start = time.perf_counter()
         for split, loader in valid.items():
@@ -122,4 +156,6 @@ def train(name, model_config, store_dir, model_path, metrics_path, device="cpu",
     model.load_state_dict(best[1])
     save_model(model.cpu(), model_path, best_epoch=best[0]["epoch"])
     atomic.write_parquet(pd.DataFrame(rows), metrics_path)
+    if steps_path is not None:
+        atomic.write_parquet(pd.DataFrame(step_rows), steps_path)
     return {"best_epoch": best[0]["epoch"], "seconds": time.perf_counter() - started, **best[0]}

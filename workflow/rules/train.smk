@@ -1,4 +1,4 @@
-# train stage: one job per model -> models/{model}/fp32.pt + models/{model}/train_metrics.parquet,
+# train stage: one job per model -> models/{model}/fp32.pt + train_metrics.parquet + train_steps.parquet,
 # or, for a model with epochs: 0, the init_from checkpoint as it is -> models/{model}/fp32.pt.
 #
 # Each job gets its model's whole config section (architecture, init_from, train) through
@@ -8,11 +8,16 @@ import os
 
 from alfred_edge.models.sizes import fp32_file_bytes
 
-# epochs: 0 measures the init_from checkpoint as it is (rule import_checkpoint, no training).
+# epochs: 0 measures the init_from checkpoint as it is (rule import_checkpoint, no training);
+# a cost-only model gets random weights (rule untrained_model).
 IMPORTED_MODELS = [
-    m for m in MODEL_NAMES if config["models"][m]["train"]["epochs"] == 0
+    m
+    for m in MODEL_NAMES
+    if m not in COST_ONLY_MODELS and config["models"][m]["train"]["epochs"] == 0
 ]
-TRAINED_MODELS = [m for m in MODEL_NAMES if m not in IMPORTED_MODELS]
+TRAINED_MODELS = [
+    m for m in MODEL_NAMES if m not in IMPORTED_MODELS and m not in COST_ONLY_MODELS
+]
 for _model in IMPORTED_MODELS:
     if not config["models"][_model].get("init_from"):
         raise WorkflowError(
@@ -26,6 +31,10 @@ def get_model_settings(wildcards):
     return canonical(config["models"][wildcards.model])
 
 
+def get_model_architecture(wildcards):
+    return MODEL_ARCHITECTURES[wildcards.model]
+
+
 def get_model_init_inputs(wildcards):
     """An ALFRED checkpoint the lstm starts from (models.lstm.init_from), as an input."""
     init_from = config["models"][wildcards.model].get("init_from")
@@ -35,7 +44,7 @@ def get_model_init_inputs(wildcards):
 def get_fp32_file_bytes(model):
     """fp32.pt from the parameter count (vocabulary sizes estimated before the vocab exists)."""
     vocab = data_plan.ESTIMATED_VOCAB["synthetic" if IS_SYNTHETIC else "alfred"]
-    return fp32_file_bytes(model, config["models"][model], vocab)
+    return fp32_file_bytes(MODEL_ARCHITECTURES[model], config["models"][model], vocab)
 
 
 def get_train_disk_mb(wildcards):
@@ -52,6 +61,7 @@ rule train:
     output:
         model="models/{model}/fp32.pt",
         metrics="models/{model}/train_metrics.parquet",
+        steps="models/{model}/train_steps.parquet",
     log:
         "logs/train/{model}.log",
     wildcard_constraints:
@@ -63,6 +73,7 @@ rule train:
         disk_mb=get_train_disk_mb,
         exclusive=1,  # training saturates the CPU: never beside a benchmark
     params:
+        architecture=get_model_architecture,
         settings=get_model_settings,
         code=get_code_digest("scripts/train.py"),
     script:
@@ -86,3 +97,22 @@ rule import_checkpoint:
         code=get_code_digest("scripts/import_checkpoint.py"),
     script:
         "../scripts/import_checkpoint.py"
+
+
+rule untrained_model:
+    input:
+        vocab="data/store/vocab.json",
+    output:
+        model="models/{model}/fp32.pt",
+    log:
+        "logs/untrained_model/{model}.log",
+    wildcard_constraints:
+        model="|".join(COST_ONLY_MODELS) or "(?!)",
+    resources:
+        disk_mb=get_train_disk_mb,
+    params:
+        architecture=get_model_architecture,
+        settings=get_model_settings,
+        code=get_code_digest("scripts/untrained_model.py"),
+    script:
+        "../scripts/untrained_model.py"
