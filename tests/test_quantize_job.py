@@ -139,3 +139,28 @@ def test_fp32_evaluation_failure_is_not_hidden(fp32_path, store, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         run_job(fp32_path, "fp32", store)
     assert not (fp32_path.parent / "fp32.eval.parquet").exists()
+
+
+def test_a_cost_only_model_is_quantized_but_never_evaluated(store, tmp_path, monkeypatch):
+    """rule untrained_model's file (random weights, seeded) says cost_only; its variants are
+    built and sized like any other, but no accuracy is computed for them: the row says why."""
+    import alfred_edge.evaluate
+    from alfred_edge.train import untrained_model
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a cost-only model was evaluated")
+
+    monkeypatch.setattr(alfred_edge.evaluate, "evaluate", must_not_run)
+    paths = [tmp_path / name / "lstm" / "fp32.pt" for name in ("a", "b")]
+    for path in paths:
+        path.parent.mkdir(parents=True)
+        untrained_model("lstm", TINY_LSTM, store, path)
+    first, second = (torch.load(p, weights_only=True)["state_dict"] for p in paths)
+    assert all(torch.equal(first[k], second[k]) for k in first)  # seeded: the same weights each run
+    assert Q.read_variant_file(paths[0])["cost_only"] is True
+    for variant in ("fp32", "int8_dynamic"):
+        table, variant_path = run_job(paths[0], variant, store)
+        row = table.iloc[0]
+        assert (row["status"], row["reason"]) == ("ok", "untrained: cost only")
+        assert row["file_size_bytes"] == (variant_path or paths[0]).stat().st_size
+        assert all(math.isnan(row[f"accuracy_{split}"]) for split in SPLITS)
