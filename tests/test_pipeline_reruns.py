@@ -36,6 +36,8 @@ TINY_CONFIG = {
         "transformer": {"d_model": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ffn": 32,
                         "dframe": 32,
                         "train": {"epochs": 1, "batch": 4, "lr": 0.001, "seed": 123, "mask_steps_per_batch": 2}},
+        # the default's cost-only model (rule untrained_model), at a tiny size
+        "lstm_alfred_size": {"architecture": "lstm", "cost_only": True, "demb": 16, "dhid": 16, "dframe": 32},
     },
     "quantize": {"variants": ["fp32", "int8_dynamic"], "eval_batch": 4},
     "bench": {
@@ -47,11 +49,11 @@ TINY_CONFIG = {
         "capacity": {"measure": None},
     },
 }
-# Jobs of the tiny plan, per rule (2 models x 2 variants x 1 batch x 1 device).
+# Jobs of the tiny plan, per rule (3 models, 2 of them trained, x 2 variants x 1 batch x 1 device).
 FULL_PLAN = {
     "all": 1, "synthesize": 1, "manifest": 3, "subset": 3, "vocab": 1, "preprocess": 3, "storage_plan": 1,
-    "train": 2, "evaluate_fp32": 2, "quantize": 2, "bench_roofline": 1, "bench_flops": 2, "bench": 4,
-    "bench_capacity": 4, "aggregate": 1, "summary": 1,
+    "train": 2, "untrained_model": 1, "evaluate_fp32": 3, "quantize": 3, "bench_roofline": 1, "bench_flops": 3,
+    "bench": 6, "bench_capacity": 6, "aggregate": 1, "summary": 1,
 }
 
 
@@ -168,9 +170,9 @@ def test_new_batch_size_runs_only_its_cells_and_the_report(finished_run):
     config = finished_run / "config" / "config.yaml"
     with edited(config, lambda text: tiny_config_text(bench={"batches": [1, 2]})):
         output = snakemake(finished_run, "-n")
-    # 2 models x 2 variants at batch 2; every capacity row reads all of its batches' cells;
-    # the storage plan reserves room for the results of the four more cells.
-    assert job_stats(output) == {"bench": 4, "bench_capacity": 4, "storage_plan": 1, "aggregate": 1,
+    # 3 models x 2 variants at batch 2; every capacity row reads all of its batches' cells;
+    # the storage plan reserves room for the results of the six more cells.
+    assert job_stats(output) == {"bench": 6, "bench_capacity": 6, "storage_plan": 1, "aggregate": 1,
                                  "summary": 1, "all": 1}
     assert set(re.findall(r"batch=(\d+)", output)) == {"2"}
 
@@ -179,8 +181,8 @@ def test_new_variant_runs_its_quantize_and_cells(finished_run):
     config = finished_run / "config" / "config.yaml"
     with edited(config, lambda text: tiny_config_text(quantize={"variants": ["fp32", "int8_dynamic", "fp16"]})):
         output = snakemake(finished_run, "-n")
-    # fp16 of both models, its 2 cells and capacity rows; the storage plan reserves its files.
-    assert job_stats(output) == {"quantize": 2, "bench": 2, "bench_capacity": 2, "storage_plan": 1,
+    # fp16 of the 3 models, its 3 cells and capacity rows; the storage plan reserves its files.
+    assert job_stats(output) == {"quantize": 3, "bench": 3, "bench_capacity": 3, "storage_plan": 1,
                                  "aggregate": 1, "summary": 1, "all": 1}
     assert set(re.findall(r"variant=(\w+)", output)) == {"fp16"}
 
@@ -198,8 +200,8 @@ def test_package_module_change_reruns_the_rules_that_use_it(finished_run):
     # the quantize package is used by quantizing, evaluating and benchmarking (FLOP counts,
     # cells, capacity, and the roofline, whose job runs the same measuring process,
     # bench/child.py, that loads variants for the cells): not by the data stage or training.
-    assert job_stats(output) == {"evaluate_fp32": 2, "quantize": 2, "bench_roofline": 1, "bench_flops": 2,
-                                 "bench": 4, "bench_capacity": 4, "aggregate": 1, "summary": 1, "all": 1}
+    assert job_stats(output) == {"evaluate_fp32": 3, "quantize": 3, "bench_roofline": 1, "bench_flops": 3,
+                                 "bench": 6, "bench_capacity": 6, "aggregate": 1, "summary": 1, "all": 1}
     assert "Params have changed" in output
 
 
