@@ -69,7 +69,6 @@ def _smaller_batch_cell(wildcards):
     return [BENCH_CELL.format(**dict(wildcards, batch=smaller[-1]))]
 
 
-
 def _fp32_reference_cell(wildcards):
     """With the policy workload, the fp32 cell of the same (model, device, features, batch):
     the actions it chose, against which a variant's agreement is measured."""
@@ -201,7 +200,9 @@ wildcard_constraints:
     device="cpu|cuda",
     features="mmap|ram",
     backend="|".join(variants.BACKENDS),
-    provider="|".join(sorted({p for b in variants.PROVIDERS.values() for d in b.values() for p in d})),
+    provider="|".join(
+        sorted({p for b in variants.PROVIDERS.values() for d in b.values() for p in d})
+    ),
     batch=r"\d+",
 
 

@@ -58,9 +58,15 @@ for _setting, _names in (
     ("quantize.variants", VARIANTS),
     ("bench.capacity.variants", config["bench"]["capacity"]["variants"]),
 ):
-    _errors = [f"{name!r}: {variants.name_error(name)}" for name in _names if variants.name_error(name)]
+    _errors = [
+        f"{name!r}: {variants.name_error(name)}"
+        for name in _names
+        if variants.name_error(name)
+    ]
     if _errors:
-        raise WorkflowError(f"config: {_setting} names what is not a variant: {'; '.join(_errors)}")
+        raise WorkflowError(
+            f"config: {_setting} names what is not a variant: {'; '.join(_errors)}"
+        )
 BACKENDS = config["quantize"]["backends"]
 if not set(BACKENDS) <= set(variants.BACKENDS):
     raise WorkflowError(
@@ -68,7 +74,10 @@ if not set(BACKENDS) <= set(variants.BACKENDS):
         f"known: {', '.join(variants.BACKENDS)}"
     )
 for _backend, _settings in BACKENDS.items():
-    for _key, _all in (("variants", VARIANTS), ("bench_batches", config["bench"]["batches"])):
+    for _key, _all in (
+        ("variants", VARIANTS),
+        ("bench_batches", config["bench"]["batches"]),
+    ):
         _extra = [v for v in _settings.get(_key) or [] if v not in _all]
         if _extra:
             raise WorkflowError(
@@ -92,13 +101,16 @@ BENCH_BATCHES = sorted(BENCH["batches"])
 
 def backend_batches(backend):
     chosen = BACKENDS[backend].get("bench_batches")
-    return BENCH_BATCHES if chosen is None else [b for b in BENCH_BATCHES if b in chosen]
+    return (
+        BENCH_BATCHES if chosen is None else [b for b in BENCH_BATCHES if b in chosen]
+    )
 
 
 def bench_cells():
     """Every benchmark cell as a dict of its wildcards: the sweep of (model, variant, device,
     batch) of each backend, on each of its providers for the device (variants.providers), plus
-    eager fp32 at the smallest batch with the frames read into RAM (compare_features_in_ram)."""
+    eager fp32 at the smallest batch with the frames read into RAM (compare_features_in_ram).
+    """
     cells = [
         dict(
             model=m,
