@@ -40,10 +40,15 @@ def exported(request, tmp_path_factory):
     return model, folder
 
 
-def test_exported_graphs_equal_eager_outputs(exported):
+# batches of another size than the export's example (3), the first of one row
+SHAPES = {1: ((11,), (7,)), 3: ((11, 6, 9), (7, 4, 6)), 5: ((11, 6, 9, 4, 10), (7, 4, 6, 2, 3))}
+
+
+@pytest.mark.parametrize("rows", SHAPES)
+def test_exported_graphs_equal_eager_outputs(exported, rows):
     model, folder = exported
     ort = load_onnx_variant(folder / "fp32.onnx", "cpu", threads=1)
-    batch = random_batch(tiny_vocab())
+    batch = random_batch(tiny_vocab(), lang_lengths=SHAPES[rows][0], frame_lengths=SHAPES[rows][1])
     with torch.no_grad():
         eager, graphs = model(batch), ort(batch)
         for key in ("action_logits", "mask_logits"):
