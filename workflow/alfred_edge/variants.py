@@ -69,10 +69,10 @@ VARIANTS = {variant.name: variant for variant in (
             why_not=(NO_HALF_ORT,)),
     Variant("bf16", "weights and buffers in bfloat16", 0.5, ("cpu", "cuda"), "#9467bd", ("eager",),
             why_not=(NO_HALF_ORT,)),
-    # the fractions a default setting (energy 0.9, keep 0.5) reaches on trained weights, for the plan only
+    # about the fractions the default settings (energy 0.5, keep 0.5) reach, for the plan only
     Variant("pruned", "structured pruning of features, channels and units, fine-tuned", 0.6, ("cpu", "cuda"),
             "#8c564b", BACKENDS, STRUCTURE),
-    Variant("lowrank", "truncated-SVD factorisation of the large layers, fine-tuned", 0.6, ("cpu", "cuda"),
+    Variant("lowrank", "truncated-SVD factorisation of the large layers, fine-tuned", 0.5, ("cpu", "cuda"),
             "#e377c2", BACKENDS, STRUCTURE),
 )}  # fmt: skip
 NAMES = tuple(VARIANTS)
