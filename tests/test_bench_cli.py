@@ -79,7 +79,7 @@ def test_cli_cell_writes_the_schema_path_and_skips_after_a_smaller_oom(tmp_path)
          "--out-root", str(tmp_path), "--min-duration-s", "0", "--threads", "1", *extra],
         capture_output=True, text=True, check=True, cwd=tmp_path)
     run("--batch", "2")
-    path = tmp_path / "board-1" / "cells" / "identity" / "fp32" / "cpu" / "mmap" / "b2.parquet"
+    path = tmp_path / "board-1" / "cells" / "identity" / "fp32" / "cpu" / "mmap" / "eager.torch" / "b2.parquet"
     row = pq.read_table(path).to_pylist()[0]
     assert row["status"] == "ok" and row["host"] == "board-1" and row["batch_size"] == 2
     # an OOM row at batch 2 (as a board would leave it) makes batch 4 a skipped row, without a child

@@ -246,3 +246,20 @@ def test_the_child_runs_with_the_configured_interpreter(tmp_path):
     row = runner.run_cell(fake_spec(python=str(python)), tmp_path / "b3.parquet")
     assert row["status"] == "ok"
     assert log.read_text().startswith("-m alfred_edge.bench.child cell ")
+
+
+def test_cells_of_two_backends_are_two_rows_of_the_results(tmp_path):
+    """The same (model, variant, device, features, batch) on eager and on onnxruntime: two
+    files, and two rows of reports/results.parquet, each with its backend and provider."""
+    from alfred_edge.bench import schema
+    from alfred_edge.report import aggregate, discover
+
+    bench = tmp_path / "bench"
+    for backend, provider in (("eager", "torch"), ("onnxruntime", "cpu")):
+        spec = fake_spec(backend=backend, provider=provider)
+        path = bench / schema.path_pattern("cells").removeprefix("reports/bench/").format(
+            host="testhost", model="fake", variant="fp32", device="cpu", features="mmap", backend=backend,
+            provider=provider, batch=3)
+        runner.run_cell(spec, path, skip_reason="not measured here")
+    rows = aggregate.aggregate(discover.bench_files(bench), bench).to_pandas()
+    assert sorted(zip(rows["backend"], rows["provider"])) == [("eager", "torch"), ("onnxruntime", "cpu")]

@@ -205,3 +205,32 @@ def test_a_steps_weight_bytes_are_its_modules_parameters(name, store):
                          for n, w in model.get_submodule(target).named_parameters() if n.startswith("weight")]
     assert quantized_weights and step - int8_step == 3 * sum(w.numel() for w in quantized_weights)  # 4 bytes -> 1
     assert int8_mask < mask
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
+def test_an_onnxruntime_cell_measures_the_exported_graphs(store, tmp_path, name, one_thread):
+    """The same workload run by ONNX Runtime's CPU provider: B episodes, the step's weight bytes
+    those of its step and mask graphs, backend and provider in the row."""
+    pytest.importorskip("onnxruntime")
+    from alfred_edge.models import build_model, save_model
+    from alfred_edge.quantize import model_header, read_variant_file
+    from alfred_edge.quantize.onnx_variants import save_onnx_variant
+
+    vocab = json.loads((store / "vocab.json").read_text())
+    fp32 = tmp_path / name / "fp32.pt"
+    model = build_model(name, TINY[name], vocab)
+    save_model(model, fp32)
+    folder = tmp_path / name / "fp32.onnx"
+    save_onnx_variant(model, "fp32", model_header(read_variant_file(fp32)), folder)
+    spec = {"host": "t", "model": name, "architecture": name, "workload": "expert", "variant": "fp32",
+            "device": "cpu", "backend": "onnxruntime", "provider": "cpu", "batch_size": 3, "features": "mmap",
+            "threads": 1, "max_steps": 2, "timeout_s": 120, "model_path": str(folder), "fp32_path": str(fp32),
+            "store_dir": str(store / "valid_seen"),
+            "loop": {"min_iterations": 2, "min_duration_s": 0.0, "max_duration_s": 60.0, "warmup_iterations": 0},
+            "power": {"interval_s": 0.05, "idle_s": 0.0}}
+    out = tmp_path / "cell.parquet"
+    row = runner.run_cell(spec, out)
+    assert row["status"] == "ok", row.get("error")
+    assert (row["backend"], row["provider"], row["observed_batch_size"]) == ("onnxruntime", "cpu", 3)
+    assert row["step_weight_bytes"] == (folder / "step.onnx").stat().st_size
+    assert row["model_file_mb"] == pytest.approx(sum(p.stat().st_size for p in folder.glob("*.onnx")) / 1e6)

@@ -304,7 +304,14 @@ PARSE_CASES = {
     "infinite budget": ({"storage": {"budget_gb": float("inf")}}, None,
                         "config: storage.budget_gb is inf: give a finite number"),
     "unknown variant": ({"quantize": {"variants": ["fp32", "int4"]}}, None,
-                        r"config: quantize.variants names \['int4'\], not variants; known: fp32, int8_dynamic"),
+                        r"config: quantize.variants names what is not a variant: 'int4': 'int4' not in the registry "
+                        r"\(known: fp32, int8_dynamic"),
+    "composite out of order": ({"quantize": {"variants": ["fp32", "int8_dynamic+lowrank"]}}, None,
+                               "'int8_dynamic\\+lowrank': at most one precision step, and it comes last"),
+    "unknown backend": ({"quantize": {"backends": {"eager": {}, "tvm": {}}}}, None,
+                        r"config: quantize.backends names \['tvm'\]; known: eager, onnxruntime"),
+    "backend variant not configured": ({"quantize": {"backends": {"onnxruntime": {"variants": ["fp16"]}}}}, None,
+                                       r"config: quantize.backends.onnxruntime.variants names \['fp16'\], not in"),
     "entry without repeat_idx": ({}, _without_repeat_idx,
                                  r"config: data.splits_file: {splits}: entry 1 of 'valid_seen' is \{{'task': '[^']+'\}}, "
                                  "expected"),

@@ -52,7 +52,7 @@ def test_fleet_recipe_a_boards_cells_join_the_report(finished_run, tmp_path):
                      "bench_roofline", "bench_flops", "bench", "bench_capacity", "aggregate", "--",
                      "reports/results.parquet")
     assert job_stats(plan) == {"bench_roofline": 1, "bench_flops": 3, "bench": 6, "bench_capacity": 6, "aggregate": 1}
-    cell = "reports/bench/board/cells/lstm/int8_dynamic/cpu/mmap/b1.parquet"
+    cell = "reports/bench/board/cells/lstm/int8_dynamic/cpu/mmap/eager.torch/b1.parquet"
     # on the board: only the benchmark rules, the copied models and store taken as they are
     output = snakemake(board, "--cores", "2", "--config", on_board,
                        "--allowed-rules", "bench_roofline", "bench_flops", "bench", "--", cell)

@@ -176,7 +176,7 @@ def test_killed_training_is_not_taken_as_complete_and_reruns_to_the_same_model(f
 
 def test_killed_benchmark_leaves_no_cell_and_the_rerun_completes(finished_run, tmp_path):
     work = copy_run(finished_run, tmp_path / "run")
-    cell = work / f"reports/bench/{HOST}/cells/transformer/fp32/cpu/mmap/b1.parquet"
+    cell = work / f"reports/bench/{HOST}/cells/transformer/fp32/cpu/mmap/eager.torch/b1.parquet"
     cell.unlink()
     proc = start(work, str(cell.relative_to(work)))
     try:

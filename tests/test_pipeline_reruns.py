@@ -39,7 +39,9 @@ TINY_CONFIG = {
         # the default's cost-only model (rule untrained_model), at a tiny size
         "lstm_alfred_size": {"architecture": "lstm", "cost_only": True, "demb": 16, "dhid": 16, "dframe": 32},
     },
-    "quantize": {"variants": ["fp32", "int8_dynamic"], "eval_batch": 4},
+    "quantize": {"variants": ["fp32", "int8_dynamic"], "eval_batch": 4,
+                 "backends": {"eager": {"variants": None}, "onnxruntime": {"variants": []}},
+                 "pruned": {"finetune": {"steps": 1, "batch": 2}}},
     "bench": {
         "host": HOST, "devices": ["cpu"], "batches": [1], "threads": 1, "max_steps": 2,
         "warmup_iterations": 0, "min_iterations": 1, "min_duration_s": 0.0, "max_duration_s": 0.1,
@@ -185,6 +187,33 @@ def test_new_variant_runs_its_quantize_and_cells(finished_run):
     assert job_stats(output) == {"quantize": 3, "bench": 3, "bench_capacity": 3, "storage_plan": 1,
                                  "aggregate": 1, "summary": 1, "all": 1}
     assert set(re.findall(r"variant=(\w+)", output)) == {"fp16"}
+
+
+def test_new_backend_runs_its_exports_and_cells(finished_run):
+    config = finished_run / "config" / "config.yaml"
+    backends = {"onnxruntime": {"variants": ["int8_dynamic"]}}
+    with edited(config, lambda text: tiny_config_text(quantize={"backends": backends})):
+        output = snakemake(finished_run, "-n")
+    # int8_dynamic of both models exported and quantized by ONNX Runtime, and its 2 cells on
+    # ONNX Runtime's cpu provider; eager's jobs stay; the storage plan reserves the results.
+    assert job_stats(output) == {"export_onnx": 2, "bench": 2, "storage_plan": 1, "aggregate": 1, "summary": 1,
+                                 "all": 1}
+    assert set(re.findall(r"variant=(\w+)", output)) == {"int8_dynamic"}
+    assert set(re.findall(r"backend=(\w+), provider=(\w+)", output)) == {("onnxruntime", "cpu")}
+
+
+def test_new_structural_variant_and_its_settings_rerun_only_its_jobs(finished_run):
+    config = finished_run / "config" / "config.yaml"
+    variants = ["fp32", "int8_dynamic", "pruned+int8_dynamic"]
+    with edited(config, lambda text: tiny_config_text(quantize={"variants": variants})):
+        output = snakemake(finished_run, "-n")
+        # pruned+int8_dynamic is built from pruned.pt, whose job runs though pruned is not configured
+        assert job_stats(output) == {"quantize": 4, "bench": 2, "bench_capacity": 2, "storage_plan": 1,
+                                     "aggregate": 1, "summary": 1, "all": 1}
+        assert set(re.findall(r"variant=([\w+]+)", output)) == {"pruned", "pruned+int8_dynamic"}
+    # another pruned setting: the same jobs (lowrank's or int8's settings are not theirs to read)
+    with edited(config, lambda text: tiny_config_text(quantize={"variants": variants, "lowrank": {"energy": 0.5}})):
+        assert job_stats(snakemake(finished_run, "-n")) == job_stats(output)
 
 
 def test_template_change_reruns_only_the_report_page(finished_run):

@@ -204,7 +204,7 @@ def test_missing_half_kernels_are_reported(monkeypatch):
 
 
 def test_unknown_variant():
-    with pytest.raises(Q.VariantUnavailable, match="unknown variant; known: fp32, int8_dynamic"):
+    with pytest.raises(Q.VariantUnavailable, match=r"not a variant: 'int4' not in the registry \(known: fp32, int8"):
         Q.make_variant(tiny_model("lstm"), "int4")
 
 
@@ -223,7 +223,7 @@ def test_a_name_without_a_conversion_gets_a_file_with_its_reason(tmp_path):
         Q.make_variant(tiny_model("lstm"), "int4")
     Q.save_unavailable("int4", unknown.value.reason, {"model": "lstm"}, path)
     assert Q.read_variant_file(path)["engine"] is None
-    with pytest.raises(Q.VariantUnavailable, match="'int4' is unavailable: unknown variant; known: fp32"):
+    with pytest.raises(Q.VariantUnavailable, match="'int4' is unavailable: not a variant: 'int4' not in the registry"):
         Q.load_variant(path, "cpu")
 
 
@@ -274,8 +274,15 @@ def test_missing_file(tmp_path):
 
 def test_every_variant_of_the_registry_has_its_conversion_and_the_registry_needs_no_torch():
     """alfred_edge.variants is the one list of variant names (the storage plan, the report and
-    the workflow's parse read it without torch); each name has its conversion."""
-    assert set(conversions.CONVERSIONS) == set(variants.NAMES) == set(VARIANTS)
+    the workflow's parse read it without torch); each precision step the eager backend runs
+    has its conversion, each structural step its builder and skeleton."""
+    from alfred_edge.quantize import structure
+
+    kinds = {kind: {n for n, v in variants.VARIANTS.items() if v.kind == kind}
+             for kind in (variants.PRECISION, variants.STRUCTURE)}  # fmt: skip
+    eager = {n for n in kinds[variants.PRECISION] if "eager" in variants.VARIANTS[n].backends}
+    assert set(conversions.CONVERSIONS) == eager >= set(VARIANTS)
+    assert set(structure.BUILDERS) == set(structure.SKELETONS) == kinds[variants.STRUCTURE]
     code = ("import sys; import alfred_edge.variants, alfred_edge.data.plan, alfred_edge.report.discover; "
             "print(sorted(m for m in ('torch', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -286,7 +293,7 @@ def test_a_variant_runs_on_the_devices_the_registry_names(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(variants, "VARIANTS", {**variants.VARIANTS, "fp16": dataclasses.replace(
         variants.VARIANTS["fp16"], devices=("cpu",))})
-    with pytest.raises(Q.VariantUnavailable, match=r"CPU only, not on cuda \(variants that run there: fp32, bf16\)"):
+    with pytest.raises(Q.VariantUnavailable, match=r"CPU only, not on cuda \(variants that run there: fp32, bf16, pruned, lowrank\)"):
         Q.check_available("fp16", "cuda")
 
 

@@ -126,8 +126,10 @@ def to_device(batch, device, dtype=torch.float32):
 
 
 def float_dtype(model):
-    """The dtype the model takes frames in (a quantized model keeps float convolutions)."""
-    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+    """The dtype the model takes frames in (a quantized model keeps float convolutions; a model
+    run by ONNX Runtime, which holds no torch parameters, takes float32)."""
+    parameters = model.parameters() if isinstance(model, torch.nn.Module) else ()
+    return next((p.dtype for p in parameters if p.is_floating_point()), torch.float32)
 
 
 DEFAULT_WEIGHTS = {"action": 1.0, "mask": 1.0, "subgoal": 0.0, "progress": 0.0}

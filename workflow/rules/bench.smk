@@ -1,4 +1,5 @@
-# bench stage: one job per benchmark cell (model, variant, device, features, batch), one per
+# bench stage: one job per benchmark cell (model, variant, device, features, backend, provider,
+# batch), one per
 # device for the roofline, one per model for its FLOPs (counted once: the counter's start
 # costs seconds), one per (model, variant, device) for the RAM capacity. Each job
 # measures in its own child process and always writes its row (failures are rows). They take
@@ -53,7 +54,7 @@ def get_bench_outputs(table):
         return [
             BENCH_CAPACITY.format(model=m, variant=v, device=d)
             for m in MODEL_NAMES
-            for v in VARIANTS
+            for v in backend_variants("eager")
             for d in BENCH_DEVICES
         ]
     raise ValueError(f"unknown benchmark table {table!r}")
@@ -62,7 +63,7 @@ def get_bench_outputs(table):
 def _smaller_batch_cell(wildcards):
     """The cell at the next smaller batch of the sweep (its row decides a skip after OOM)."""
     batch = int(wildcards.batch)
-    smaller = [b for b in BENCH_BATCHES if b < batch]
+    smaller = [b for b in backend_batches(wildcards.backend) if b < batch]
     if wildcards.features != "mmap" or not smaller:
         return []
     return [BENCH_CELL.format(**dict(wildcards, batch=smaller[-1]))]
@@ -74,7 +75,7 @@ def _fp32_reference_cell(wildcards):
     if (
         BENCH["workload"] != "policy"
         or wildcards.variant == "fp32"
-        or "fp32" not in VARIANTS
+        or "fp32" not in backend_variants(wildcards.backend)
     ):
         return []
     return [BENCH_CELL.format(**dict(wildcards, variant="fp32"))]
@@ -82,7 +83,7 @@ def _fp32_reference_cell(wildcards):
 
 def get_bench_cell_inputs(wildcards):
     return {
-        "model": f"models/{wildcards.model}/{wildcards.variant}.pt",
+        "model": VARIANT_FILES[wildcards.backend].format(**wildcards),
         "store": f"data/store/{BENCH['split']}",
         "roofline": BENCH_ROOFLINE.format(device=wildcards.device),
         "flops": BENCH_FLOPS.format(model=wildcards.model),
@@ -132,6 +133,8 @@ def get_bench_cell_spec(wildcards):
             **_model_settings(wildcards.model),
             "variant": wildcards.variant,
             "features": wildcards.features,
+            "backend": wildcards.backend,
+            "provider": wildcards.provider,
             "batch_size": int(wildcards.batch),
             "max_steps": BENCH["max_steps"],
             "loop": {key: BENCH[key] for key in loop_keys},
@@ -155,13 +158,21 @@ def _capacity_measured(wildcards):
 def get_bench_capacity_inputs(wildcards):
     inputs = {
         "cells": [
-            BENCH_CELL.format(**dict(wildcards, features="mmap", batch=b))
+            BENCH_CELL.format(
+                **dict(
+                    wildcards,
+                    features="mmap",
+                    backend="eager",
+                    provider=variants.EAGER_PROVIDER,
+                    batch=b,
+                )
+            )
             for b in BENCH_BATCHES
         ],
     }
     if _capacity_measured(wildcards):
         inputs.update(
-            model=f"models/{wildcards.model}/{wildcards.variant}.pt",
+            model=VARIANT_FILES["eager"].format(**wildcards),
             store=f"data/store/{BENCH['split']}",
         )
     return inputs
@@ -188,6 +199,10 @@ def get_bench_capacity_spec(wildcards):
 wildcard_constraints:
     device="cpu|cuda",
     features="mmap|ram",
+    backend="|".join(variants.BACKENDS),
+    provider="|".join(
+        sorted({p for b in variants.PROVIDERS.values() for d in b.values() for p in d})
+    ),
     batch=r"\d+",
 
 
@@ -230,7 +245,7 @@ rule bench:
     output:
         BENCH_CELL,
     log:
-        "logs/bench/{model}/{variant}/{device}/{features}/b{batch}.log",
+        "logs/bench/{model}/{variant}/{device}/{features}/{backend}.{provider}/b{batch}.log",
     resources:
         exclusive=1,
         disk_mb=1,

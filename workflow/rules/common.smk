@@ -60,35 +60,85 @@ for _setting, _names in (
     ("quantize.variants", VARIANTS),
     ("bench.capacity.variants", config["bench"]["capacity"]["variants"]),
 ):
-    _unknown = [name for name in _names if name not in variants.NAMES]
-    if _unknown:
+    _errors = [
+        f"{name!r}: {variants.name_error(name)}"
+        for name in _names
+        if variants.name_error(name)
+    ]
+    if _errors:
         raise WorkflowError(
-            f"config: {_setting} names {_unknown}, not variants; known: {', '.join(variants.NAMES)}"
+            f"config: {_setting} names what is not a variant: {'; '.join(_errors)}"
         )
+BACKENDS = config["quantize"]["backends"]
+if not set(BACKENDS) <= set(variants.BACKENDS):
+    raise WorkflowError(
+        f"config: quantize.backends names {sorted(set(BACKENDS) - set(variants.BACKENDS))}; "
+        f"known: {', '.join(variants.BACKENDS)}"
+    )
+for _backend, _settings in BACKENDS.items():
+    for _key, _all in (
+        ("variants", VARIANTS),
+        ("bench_batches", config["bench"]["batches"]),
+    ):
+        _extra = [v for v in _settings.get(_key) or [] if v not in _all]
+        if _extra:
+            raise WorkflowError(
+                f"config: quantize.backends.{_backend}.{_key} names {_extra}, not in {_all}"
+            )
+
+
+def backend_variants(backend):
+    """The configured variants `backend` builds, evaluates and benchmarks (none if not configured)."""
+    if backend not in BACKENDS:
+        return []
+    chosen = BACKENDS[backend].get("variants")
+    return VARIANTS if chosen is None else [v for v in VARIANTS if v in chosen]
+
+
 BENCH = config["bench"]
 BENCH_HOST = host_name(BENCH["host"])
 BENCH_DEVICES = bench_devices(BENCH["devices"])
 BENCH_BATCHES = sorted(BENCH["batches"])
 
 
+def backend_batches(backend):
+    chosen = BACKENDS[backend].get("bench_batches")
+    return (
+        BENCH_BATCHES if chosen is None else [b for b in BENCH_BATCHES if b in chosen]
+    )
+
+
 def bench_cells():
     """Every benchmark cell as a dict of its wildcards: the sweep of (model, variant, device,
-    batch), plus fp32 at the smallest batch with the frames read into RAM
-    (compare_features_in_ram)."""
+    batch) of each backend, on each of its providers for the device (variants.providers), plus
+    eager fp32 at the smallest batch with the frames read into RAM (compare_features_in_ram).
+    """
     cells = [
-        dict(model=m, variant=v, device=d, features="mmap", batch=b)
+        dict(
+            model=m,
+            variant=v,
+            device=d,
+            features="mmap",
+            backend=backend,
+            provider=p,
+            batch=b,
+        )
+        for backend in BACKENDS
         for m in MODEL_NAMES
-        for v in VARIANTS
+        for v in backend_variants(backend)
         for d in BENCH_DEVICES
-        for b in BENCH_BATCHES
+        for p in variants.providers(backend, d)
+        for b in backend_batches(backend)
     ]
-    if BENCH["compare_features_in_ram"] and "fp32" in VARIANTS:
+    if BENCH["compare_features_in_ram"] and "fp32" in backend_variants("eager"):
         cells += [
             dict(
                 model=m,
                 variant="fp32",
                 device=d,
                 features="ram",
+                backend="eager",
+                provider=variants.EAGER_PROVIDER,
                 batch=BENCH_BATCHES[0],
             )
             for m in MODEL_NAMES

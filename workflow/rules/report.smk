@@ -20,9 +20,7 @@ def get_report_bench_files(table):
 
 
 def get_report_eval_files():
-    return expand(
-        "models/{model}/{variant}.eval.parquet", model=MODEL_NAMES, variant=VARIANTS
-    )
+    return get_quantize_eval_tables()
 
 
 def get_report_training_files():

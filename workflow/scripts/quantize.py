@@ -1,4 +1,5 @@
-"""Snakemake entry point of the quantize and evaluate_fp32 rules: one (model, variant)."""
+"""Snakemake entry point of the quantize, evaluate_fp32 and export_onnx rules: one (model,
+variant, backend)."""
 import torch
 
 from alfred_edge.joblog import job_logging
@@ -15,5 +16,9 @@ with job_logging(snakemake) as log:
         variant_path=snakemake.output.get("variant"),
         table_path=snakemake.output.table,
         batch_size=settings["eval_batch"],
+        backend=snakemake.params.backend,
+        parent_path=snakemake.input.parent,
+        settings=settings["steps"],
+        train_store=snakemake.input.get("train"),
     )
     log.info("%s", row)

@@ -1,9 +1,11 @@
 """Standalone runner: one benchmark job without Snakemake, writing the same Parquet files as
 the pipeline (so that results copied from a Jetson into reports/bench/<host>/ are picked up
 by the aggregation). Needs only torch, numpy, psutil, pyarrow and pyyaml (plus transformers
-for the transformer model, jetson-stats for power on a Jetson).
+for the transformer model, jetson-stats for power on a Jetson, onnxruntime for the onnxruntime
+backend: without it, its cells are skipped rows that say so).
 
     python -m alfred_edge.bench cell --model lstm --variant int8_dynamic --batch 1 --device cpu
+    python -m alfred_edge.bench cell --model lstm --variant fp32 --backend onnxruntime --batch 1 --device cuda --provider tensorrt
     python -m alfred_edge.bench roofline --device cuda
     python -m alfred_edge.bench capacity --model lstm --variant fp32 --device cpu --measure jetson-4gb
 
@@ -62,8 +64,8 @@ def parse_args(argv, bench: dict):
             p.add_argument("--seconds", type=float, default=float(roofline["seconds"]), help="per measurement")
             continue
         p.add_argument("--model", required=True, help="lstm | transformer | fake | identity")
-        p.add_argument("--variant", default="fp32", help=" | ".join(variants.NAMES))
-        p.add_argument("--model-path", help="default models/<model>/<variant>.pt")
+        p.add_argument("--variant", default="fp32", help=" | ".join(variants.NAMES) + " (composites joined by +)")
+        p.add_argument("--model-path", help="default models/<model>/<variant>.pt (onnxruntime: <variant>.onnx/)")
         p.add_argument("--fp32-path", help="fp32 file for FLOP counting; default models/<model>/fp32.pt")
         p.add_argument("--store", default=f"data/store/{bench['split']}", help="store split folder (default %(default)s)")
         p.add_argument("--features", default="mmap", choices=["mmap", "ram"])
@@ -71,6 +73,9 @@ def parse_args(argv, bench: dict):
                        help="expert: the expert's previous actions and masks (the same work for every variant); "
                             "policy: the model's own (default %(default)s)")
         if job == "cell":
+            p.add_argument("--backend", default="eager", choices=variants.BACKENDS)
+            p.add_argument("--provider", help="the backend's provider on --device (default: its first, "
+                                              f"{variants.PROVIDERS}); an absent one gives a skipped row")
             p.add_argument("--batch", type=int, required=True)
             p.add_argument("--max-steps", type=int, default=int(bench["max_steps"]))
             p.add_argument("--min-iterations", type=int, default=int(bench["min_iterations"]))
@@ -100,12 +105,15 @@ def model_spec(args, models: dict) -> dict:
     """The model's part of a job's spec; `models` is the config's models section (a model it
     lacks, such as fake or identity, is its own architecture)."""
     real = args.model not in ("fake", "identity")
-    model_path = args.model_path or (f"models/{args.model}/{args.variant}.pt" if real else None)
+    backend = getattr(args, "backend", "eager")
+    suffix = ".pt" if backend == "eager" else ".onnx"
+    model_path = args.model_path or (f"models/{args.model}/{args.variant}{suffix}" if real else None)
     fp32_path = args.fp32_path or (f"models/{args.model}/fp32.pt" if real else None)
     entry = models.get(args.model, {})
     return {"model": args.model, "architecture": architecture_name(args.model, entry) if real else None,
             "cost_only": bool(entry.get("cost_only")), "workload": args.workload, "variant": args.variant,
-            "model_path": model_path, "fp32_path": fp32_path, "store_dir": args.store, "features": args.features}
+            "model_path": model_path, "fp32_path": fp32_path, "store_dir": args.store, "features": args.features,
+            "backend": backend, "provider": getattr(args, "provider", None) or variants.providers(backend, args.device)[0]}
 
 
 def main(argv=None) -> int:
@@ -129,7 +137,8 @@ def main(argv=None) -> int:
                 "ram_limit_mb": args.ram_limit_mb, "fault": args.fault,
                 "roofline_host": _roofline_row(args.roofline or output_path("roofline", out_root.parent, host=host, device=args.device))}
         out = args.out or output_path("cells", out_root.parent, host=host, model=args.model, variant=args.variant,
-                                      device=args.device, features=args.features, batch=args.batch)
+                                      device=args.device, features=args.features, backend=spec["backend"],
+                                      provider=spec["provider"], batch=args.batch)
         smaller = [path for batch, path in _batch_files(Path(out).parent).items() if batch < args.batch]
         row = runner.run_cell(spec, out, skip_reason=runner.smaller_batch_oom_reason(smaller))
     else:
@@ -139,7 +148,8 @@ def main(argv=None) -> int:
                "factor": args.factor, "steps": args.steps, "max_seconds": args.max_seconds}
         spec = {**base, **model_spec(args, config["models"]), "capacity": cap}
         cell_folder = output_path("cells", out_root.parent, host=host, model=args.model, variant=args.variant,
-                                  device=args.device, features=args.features, batch="{batch}").parent
+                                  device=args.device, features=args.features, backend="eager",
+                                  provider=variants.EAGER_PROVIDER, batch="{batch}").parent
         cells = args.cells if args.cells is not None else list(_batch_files(cell_folder).values())
         out = args.out or output_path("capacity", out_root.parent, host=host, model=args.model,
                                       variant=args.variant, device=args.device)

@@ -170,9 +170,12 @@ def byte_columns(workload) -> dict:
     of the steps that decoded a mask (whatever their number of rows). A model without the
     split (the harness's fake) counts all its weights."""
     model = workload.model
-    if not hasattr(model, "MASK_DECODER"):
+    if hasattr(model, "graph_weight_bytes"):  # a backend that runs graphs, not modules
+        step, mask = model.graph_weight_bytes()
+    elif not hasattr(model, "MASK_DECODER"):
         return {"weight_bytes_per_step": float(tensor_bytes(list(model.state_dict().values())))}
-    step, mask = step_weight_bytes(model)
+    else:
+        step, mask = step_weight_bytes(model)
     rate = workload.mask_steps / workload.steps if workload.steps else 0.0
     return {"weight_bytes_per_step": step + rate * mask, "step_weight_bytes": step, "mask_decoder_weight_bytes": mask,
             "mask_step_fraction": rate}

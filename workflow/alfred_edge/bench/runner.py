@@ -23,6 +23,7 @@ import psutil
 
 from alfred_edge import atomic
 from alfred_edge.bench import environment, memory, schema
+from alfred_edge.variants import EAGER_PROVIDER, stored_bytes
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # workflow/: holds alfred_edge
 POLL_S = 0.01
@@ -181,7 +182,8 @@ def cuda_absent_reason(device: str) -> str | None:
 
 # --- jobs --------------------------------------------------------------------------------
 
-CELL_KEYS = ("model", "architecture", "cost_only", "workload", "variant", "features", "batch_size", "model_path")
+CELL_KEYS = ("model", "architecture", "cost_only", "workload", "variant", "features", "backend", "provider", "batch_size",
+             "model_path")
 
 
 def run_cell(spec: dict, out_path: str | os.PathLike, skip_reason: str | None = None,
@@ -189,9 +191,10 @@ def run_cell(spec: dict, out_path: str | os.PathLike, skip_reason: str | None = 
     """Measure one cell and write its row. skip_reason (e.g. a smaller batch ran out of
     memory) writes a skipped row without measuring. reference_actions: with the policy
     workload, the actions the fp32 cell chose on the same episodes (its chosen_actions)."""
-    keys = {k: spec.get(k) for k in CELL_KEYS}
+    keys = {**{k: spec.get(k) for k in CELL_KEYS}, "backend": spec.get("backend", "eager"),
+            "provider": spec.get("provider", EAGER_PROVIDER)}
     if spec.get("model_path") and Path(spec["model_path"]).exists():
-        keys["model_file_mb"] = Path(spec["model_path"]).stat().st_size / 1e6
+        keys["model_file_mb"] = stored_bytes(spec["model_path"]) / 1e6
     reason = skip_reason or cuda_absent_reason(spec["device"])
     if reason:
         return skipped_row("cells", spec, reason, out_path, keys)

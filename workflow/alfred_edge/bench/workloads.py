@@ -60,14 +60,22 @@ def make_workload(spec: dict, batch_size: int, max_steps: int):
         from alfred_edge.models import model_class
 
         model_class(spec["architecture"])  # its code imported here, not in the timed load (transformers: seconds)
-        load = lambda dev: load_model_file(spec["model_path"], dev)  # noqa: E731
+        load = lambda dev: load_model_file(spec["model_path"], dev, spec.get("backend", "eager"),  # noqa: E731
+                                           spec.get("provider"), spec.get("threads"))
         make_batches = lambda: store_batches(spec["store_dir"], batch_size, max_steps, spec["features"])  # noqa: E731
     return EpisodeWorkload(batch_size, device, load, make_batches, max_steps, spec["workload"])
 
 
-def load_model_file(path: str, device):
-    """fp32.pt and every variant file load through quantize's load_variant, which raises
-    VariantUnavailable (→ skipped) when the variant cannot run on the device here."""
+def load_model_file(path: str, device, backend: str = "eager", provider: str | None = None,
+                    threads: int | None = None):
+    """fp32.pt and every eager variant file load through quantize's load_variant, an
+    onnxruntime variant folder through load_onnx_variant on `provider` with `threads`; both
+    raise VariantUnavailable (→ skipped) when the variant cannot run there (onnxruntime or
+    the provider absent included)."""
+    if backend == "onnxruntime":
+        from alfred_edge.quantize.onnx_variants import load_onnx_variant
+
+        return load_onnx_variant(path, provider, threads)
     from alfred_edge.quantize import load_variant
 
     return load_variant(path, device)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alfred_edge.data import manifest, subset, synthetic
 from alfred_edge.data.store import planned_store_bytes
-from alfred_edge.variants import VARIANTS
+from alfred_edge import variants as variant_registry
 
 DTYPES = ("float16", "uint8", "float32")
 # Vocabulary sizes used for model-size estimates before the vocabulary exists (ALFRED's
@@ -51,7 +51,7 @@ def reserved_bytes(models_cfg: dict, variants: list[str], n_bench_cells: int, so
     out = {}
     for name, cfg in sorted(models_cfg.items()):
         fp32 = fp32_file_bytes(architecture_name(name, cfg), cfg, vocab)
-        out[f"models/{name}"] = int(fp32 * sum(VARIANTS[v].size_fraction for v in set(variants) | {"fp32"}))
+        out[f"models/{name}"] = int(fp32 * sum(variant_registry.get(v).size_fraction for v in set(variants) | {"fp32"}))
     out["reports"] = n_bench_cells * RESULTS_BYTES_PER_CELL
     return out
 

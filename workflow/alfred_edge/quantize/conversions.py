@@ -1,6 +1,8 @@
 """How each variant of alfred_edge.variants is made from the float model and read back from
-its file: one Conversion per variant name (CONVERSIONS), with the checks that say whether it
-can run on a device here, and the int8 engine for this CPU."""
+its file on the eager backend: one Conversion per precision step (CONVERSIONS; fp32 is the
+float model as it is), with the checks that say whether it can run on a device here, and the
+int8 engine for this CPU. A variant's structural steps (alfred_edge.quantize.structure) come
+before its precision step."""
 from __future__ import annotations
 
 import copy
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from alfred_edge import variants
-from alfred_edge.models import load_weights, model_from_record
+from alfred_edge.models import load_weights
 from alfred_edge.variants import VariantUnavailable
 
 LOW_PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -32,16 +34,16 @@ DEVICE_NAMES = {"cpu": "the CPU", "cuda": "CUDA"}
 
 @dataclass(frozen=True)
 class Conversion:
-    """A variant's code. check(device): raise VariantUnavailable where the variant cannot run
-    on `device` here. build(model): the variant of a float model, in eval mode (a converted
-    copy; the model is left as it was). load(source, state, device, path): the variant's
-    model on `device` from its file's parts: the fp32 header `source` and the weights
-    `state` (`path` names the file in errors). int8_engine: its file records the quantized
-    engine its weights were packed for."""
+    """A precision step's code. check(device): raise VariantUnavailable where it cannot run
+    on `device` here. build(model): the step applied to a float model, in eval mode (a
+    converted copy; the model is left as it was). load(skeleton, state, device, path): the
+    variant's model on `device` from `skeleton(device)`, its float model with random or meta
+    weights, and the file's weights `state` (`path` names the file in errors). int8_engine:
+    its file records the quantized engine its weights were packed for."""
 
     check: Callable[[torch.device], None]
     build: Callable[[nn.Module], nn.Module]
-    load: Callable[[dict, dict, torch.device, Path], nn.Module]
+    load: Callable[[Callable[[str], nn.Module], dict, torch.device, Path], nn.Module]
     int8_engine: bool = False
 
 
@@ -58,20 +60,32 @@ def quiet_quantization_warnings():
 
 
 def conversion(variant: str) -> Conversion:
-    variants.get(variant)  # VariantUnavailable for a name the registry does not know
-    return CONVERSIONS[variant]
+    """The eager conversion of a variant's precision step; VariantUnavailable for a name that
+    is not a variant or a variant not built for the eager backend."""
+    error = variants.backend_error(variant, "eager")
+    if error:
+        raise VariantUnavailable(variant, error)
+    return CONVERSIONS[variants.precision_step(variant)]
 
 
-def make_variant(model: nn.Module, variant: str) -> nn.Module:
-    """The variant of the float `model`, in eval mode (fp32: the model itself; the others a
-    converted copy, the model left as it was). Raises VariantUnavailable if this host cannot
-    build it."""
-    return conversion(variant).build(model)
+def make_variant(model: nn.Module, variant: str, settings: dict | None = None, train_store=None) -> nn.Module:
+    """The variant of the float `model` for the eager backend, in eval mode (fp32: the model
+    itself; the others a converted copy, the model left as it was): its structural steps with
+    their settings (settings[step]; a fine-tune reads `train_store`), then its precision
+    step. Raises VariantUnavailable if this host cannot build it."""
+    build = conversion(variant).build
+    for step in variants.steps(variant):
+        if variants.get(step).kind == variants.STRUCTURE:
+            from alfred_edge.quantize.structure import build_structure
+
+            model = build_structure(model, step, (settings or {})[step], train_store)
+    return build(model)
 
 
 def check_available(variant: str, device: str | torch.device) -> None:
-    """Raise VariantUnavailable if `variant` cannot run on `device` here."""
+    """Raise VariantUnavailable if `variant` cannot run on `device` here (eager backend)."""
     spec, device = variants.get(variant), torch.device(device)
+    conversion(variant)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VariantUnavailable(variant, f"device {device} requested but CUDA is not available "
                                  f"(torch {torch.__version__})")
@@ -80,7 +94,7 @@ def check_available(variant: str, device: str | torch.device) -> None:
         where = " and ".join(DEVICE_NAMES.get(d, d) for d in spec.devices)
         raise VariantUnavailable(variant, f"its kernels run on {where} only, not on {device.type} "
                                  f"(variants that run there: {', '.join(elsewhere)})")
-    CONVERSIONS[variant].check(device)
+    CONVERSIONS[variants.precision_step(variant)].check(device)
 
 
 # --- int8_dynamic ------------------------------------------------------------------------
@@ -191,10 +205,10 @@ def _child(name: str, child: str) -> str:
     return f"{name}.{child}" if name else child
 
 
-def load_int8(source: dict, state: dict, device: torch.device, path: Path) -> nn.Module:
+def load_int8(skeleton: Callable[[str], nn.Module], state: dict, device: torch.device, path: Path) -> nn.Module:
     """quantize_dynamic needs real float weights on the CPU: the float model is built there,
     quantized in place with the same spec as at build time, and the int8 state loaded over it."""
-    model = quantize_int8_dynamic(model_from_record(source, "cpu"), inplace=True)
+    model = quantize_int8_dynamic(skeleton("cpu"), inplace=True)
     with quiet_quantization_warnings():
         model.load_state_dict(state)
     return model.eval()
@@ -248,13 +262,13 @@ def build_cast(variant: str) -> Callable[[nn.Module], nn.Module]:
     return build
 
 
-def load_cast(dtype: torch.dtype | None) -> Callable[[dict, dict, torch.device, Path], nn.Module]:
+def load_cast(dtype: torch.dtype | None) -> Callable[[Callable[[str], nn.Module], dict, torch.device, Path], nn.Module]:
     """Loading a float variant in `dtype` (None: float32, as trained): the model is built on
     the meta device and the file's tensors assigned, so its weights reach `device` without a
     float32 copy or a second copy in host memory."""
 
-    def load(source: dict, state: dict, device: torch.device, path: Path) -> nn.Module:
-        model = model_from_record(source, "meta")
+    def load(skeleton: Callable[[str], nn.Module], state: dict, device: torch.device, path: Path) -> nn.Module:
+        model = skeleton("meta")
         if dtype is not None:
             model = cast_model(model, dtype)
         load_weights(model, {k: v.to(device) for k, v in state.items()}, path)

@@ -1,0 +1,155 @@
+"""Goal (issue 22): the fastest way to run a decoder step, measured at ALFRED's lstm size (the
+cost-only model: random weights, config/alfred.yaml's sizes) on this machine. Printed, not
+asserted (the machine is shared and noisy):
+
+- the best backend's fp32 batch-1 step <= 1.2 x the weight-streaming bound (the bytes a step
+  reads / the copy bandwidth bench/roofline.py measures);
+- the best int8 step with the mask decoder <= 0.35 x the eager fp32 step at batch 1 and
+  <= 0.45 x at batch 8.
+
+One decoder step (after step 0, teacher-forced) of: eager fp32, ONNX Runtime fp32, eager
+int8_dynamic (torch.ao), ONNX Runtime int8_dynamic and int8_static (calibrated on random
+episodes: the timing does not depend on the ranges), without a mask and with a mask for every
+row (with_mask=True), at batch 1 and 8. The configurations take turns round by round; each
+round times `--steps` steps of each, and the figure is the median over rounds of each round's
+median step. Also the mask decoder alone, in ALFRED's form (upsampling, transposed
+convolutions, BatchNorm) and in the inference form the model now runs (folded), eager fp32.
+
+    python benchmarks/backend_step_speed.py [--rounds 7] [--steps 20] [--threads 2]
+
+Quick form: --rounds 3 --steps 10 (about 4 minutes, most of it exporting and quantizing).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from alfred_edge.backends.onnxruntime_model import OnnxRuntimeModel
+from alfred_edge.bench import roofline
+from alfred_edge.models import build_model, model_record
+from alfred_edge.quantize import make_variant
+from alfred_edge.quantize.conversions import quiet_quantization_warnings
+from alfred_edge.quantize.onnx_variants import build_graphs
+from host_load import host_load
+from untrained_models import alfred_lstm_sizes
+
+BATCHES = (1, 8)
+LANG_LENGTH = 40  # tokens of an ALFRED goal and instructions, about
+VOCAB = {"word": [f"w{i}" for i in range(2400)], "action_low": [f"a{i}" for i in range(15)]}  # ALFRED's sizes
+
+
+def random_batch(batch: int, steps: int, seed: int) -> dict:
+    """An episode batch in the loader's format (random values)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "lang": torch.randint(3, len(VOCAB["word"]), (batch, LANG_LENGTH), generator=g),
+        "lang_lengths": torch.full((batch,), LANG_LENGTH),
+        "frames": torch.rand(batch, steps, 512, 7, 7, generator=g),
+        "frame_lengths": torch.full((batch,), steps),
+        "actions": torch.randint(3, len(VOCAB["action_low"]), (batch, steps), generator=g),
+        "valid_interact": torch.rand(batch, steps, generator=g) < 0.3,
+    }
+
+
+def build_backends(model, folder: Path) -> dict:
+    """{name: model with the eager interface}."""
+    header = model_record(model)
+    with quiet_quantization_warnings():
+        models = {"eager fp32": model, "eager int8_dynamic": make_variant(model, "int8_dynamic")}
+    calibration = [random_batch(4, 6, seed) for seed in range(2)]
+    for precision in ("fp32", "int8_dynamic", "int8_static"):
+        started = time.perf_counter()
+        build_graphs(model, precision, folder / precision, header, calibration)
+        models[f"onnxruntime {precision}"] = OnnxRuntimeModel(folder / precision, header)
+        print(f"  onnxruntime {precision}: built in {time.perf_counter() - started:.1f} s")
+    return models
+
+
+@torch.inference_mode()
+def step_times(models: dict, rounds: int, steps: int) -> dict:
+    """{(name, batch, with_mask): median over rounds of the round's median step (ms)}."""
+    cases = {}
+    for batch in BATCHES:
+        episode = random_batch(batch, 2, seed=batch)
+        for name, model in models.items():
+            state = model.encode(episode["lang"], episode["lang_lengths"])
+            _, _, state = model.step(state, episode["frames"][:, 0])
+            cases.update({(name, batch, mask): (model, state, episode) for mask in (False, True)})
+    medians = {key: [] for key in cases}
+    for _ in range(rounds + 1):  # the first round warms up
+        for key, (model, state, episode) in cases.items():
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                model.step(state, episode["frames"][:, 1], episode["actions"][:, 0], with_mask=key[2])
+                times.append(time.perf_counter() - start)
+            medians[key].append(statistics.median(times) * 1e3)
+    return {key: statistics.median(values[1:]) for key, values in medians.items()}
+
+
+@torch.inference_mode()
+def mask_decoder_times(decoder, rounds: int, steps: int) -> dict:
+    """{(form, batch): ms} for ALFRED's form and the folded inference form, eager fp32."""
+    forms = {"ALFRED's form": lambda x: decoder.dconv1(decoder.trained_form(x)),
+             "folded form": lambda x: decoder.dconv1(decoder.inference_form(x))}  # fmt: skip
+    inputs = {b: torch.randn(b, 64, 7, 7).contiguous(memory_format=torch.channels_last) for b in BATCHES}
+    medians = {(form, b): [] for form in forms for b in BATCHES}
+    for _ in range(rounds + 1):
+        for (form, b) in medians:
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                F.interpolate(forms[form](inputs[b]), size=(decoder.pframe, decoder.pframe), mode="bilinear")
+                times.append(time.perf_counter() - start)
+            medians[(form, b)].append(statistics.median(times) * 1e3)
+    return {key: statistics.median(values[1:]) for key, values in medians.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each configuration per round")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"before: {host_load()}; torch {torch.__version__}, {args.threads} threads")
+    torch.manual_seed(0)
+    model = build_model("lstm", alfred_lstm_sizes(), VOCAB).eval()
+    step_bytes, mask_bytes = roofline.step_weight_bytes(model)
+    bandwidth = roofline.measure(torch, "cpu", 512, 64, 0.5)["memory_bandwidth_gbps"]
+    bound = {False: step_bytes / bandwidth / 1e6, True: (step_bytes + mask_bytes) / bandwidth / 1e6}  # ms
+    print(f"fp32 step reads {step_bytes / 1e6:.1f} MB (+{mask_bytes / 1e6:.1f} MB with a mask); copy bandwidth "
+          f"{bandwidth:.1f} GB/s: weight-streaming bound {bound[False]:.2f} ms ({bound[True]:.2f} ms with a mask)")
+    with tempfile.TemporaryDirectory() as tmp:
+        models = build_backends(model, Path(tmp))
+        times = step_times(models, args.rounds, args.steps)
+    masks = mask_decoder_times(model.dec.mask_dec, args.rounds, args.steps)
+    print(f"\nOne decoder step, ms (median over {args.rounds} rounds of {args.steps} steps), and x eager fp32:")
+    print(f"{'':28s}" + "".join(f"{f'b{b} ' + ('mask' if m else 'no mask'):>22s}" for b in BATCHES for m in (False, True)))
+    for name in models:
+        cells = "".join(f"{times[(name, b, m)]:9.2f} ({times[(name, b, m)] / times[('eager fp32', b, m)]:5.2f}x)  "
+                        for b in BATCHES for m in (False, True))  # fmt: skip
+        print(f"{name:28s}{cells}")
+    print("\nGoals:")
+    fp32 = min(times[(n, 1, False)] for n in models if n.endswith("fp32"))
+    print(f"  best fp32 batch-1 step / bound: {fp32 / bound[False]:.2f} (goal <= 1.2; "
+          f"eager fp32 {times[('eager fp32', 1, False)] / bound[False]:.2f})")
+    for batch, goal in ((1, 0.35), (8, 0.45)):
+        best = min((times[(n, batch, True)], n) for n in models if "int8" in n)
+        print(f"  best int8 step with masks / eager fp32, batch {batch}: {best[0] / times[('eager fp32', batch, True)]:.2f}"
+              f" ({best[1]}; goal <= {goal})")
+    print("\nThe mask decoder's convolutions alone (eager fp32, ms):")
+    for b in BATCHES:
+        old, new = masks[("ALFRED's form", b)], masks[("folded form", b)]
+        print(f"  batch {b}: ALFRED's form {old:.2f}, folded {new:.2f} ({new / old:.2f}x)")
+    print(f"after: {host_load()}")
+
+
+if __name__ == "__main__":
+    main()
