@@ -151,7 +151,7 @@ def test_a_cost_only_model_is_quantized_but_never_evaluated(store, tmp_path, mon
         raise AssertionError("a cost-only model was evaluated")
 
     monkeypatch.setattr(alfred_edge.evaluate, "evaluate", must_not_run)
-    paths = [tmp_path / name / "lstm" / "fp32.pt" for name in ("a", "b")]
+    paths = [tmp_path / name / "lstm_big" / "fp32.pt" for name in ("a", "b")]
     for path in paths:
         path.parent.mkdir(parents=True)
         untrained_model("lstm", TINY_LSTM, store, path)
@@ -161,6 +161,6 @@ def test_a_cost_only_model_is_quantized_but_never_evaluated(store, tmp_path, mon
     for variant in ("fp32", "int8_dynamic"):
         table, variant_path = run_job(paths[0], variant, store)
         row = table.iloc[0]
-        assert (row["status"], row["reason"]) == ("ok", "untrained: cost only")
+        assert (row["model"], row["status"], row["reason"]) == ("lstm_big", "ok", "untrained: cost only")
         assert row["file_size_bytes"] == (variant_path or paths[0]).stat().st_size
         assert all(math.isnan(row[f"accuracy_{split}"]) for split in SPLITS)

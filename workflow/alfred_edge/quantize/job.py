@@ -43,7 +43,8 @@ def quantize_job(fp32_path, variant: str, store_dir, splits, variant_path, table
     reason says so. Returns the row."""
     fp32_path = Path(fp32_path)
     record = read_variant_file(fp32_path)
-    row = {"model": record["model"], "variant": variant, "backend": backend, "status": "ok", "reason": "",
+    # the model's name is its folder's (models/<model>/fp32.pt); the file records the architecture
+    row = {"model": fp32_path.parent.name, "variant": variant, "backend": backend, "status": "ok", "reason": "",
            "fp32_file_size_bytes": fp32_path.stat().st_size, "torch_version": str(torch.__version__)}
     if record.get("cost_only"):  # random weights: fine-tuning them would measure nothing
         settings = without_finetune(settings or {})
