@@ -73,7 +73,10 @@ def cell_row(host: Host, device: str, model: str, variant: str, batch: int, rng,
         * {"fp32": 1.0, "int8_dynamic": 0.27, "fp16": 0.5, "bf16": 0.5}.get(variant, 1.0),
         "load_time_ms": 900.0, "cold_batch_ms": p50 * 1.8, "iterations": iterations, "loop_wall_s": iterations * p50 / 1e3,
         "latency_mean_ms": p50 * 1.02, "latency_std_ms": p50 * 0.04, "latency_min_ms": p50 * 0.95,
-        "latency_p50_ms": p50, "latency_p90_ms": p50 * 1.08, "latency_p95_ms": p50 * 1.12, "latency_p99_ms": p50 * 1.2,
+        "latency_p50_ms": p50, "latency_p50_ci_low_ms": p50 * 0.97, "latency_p50_ci_high_ms": p50 * 1.04,
+        "latency_p50_ci_half_width": 0.035, "flag_ci_wide": False, "load_avg_before": 0.4, "load_avg_after": 1.2,
+        "flag_busy_host": False, "workload": "expert", "architecture": model, "cost_only": False,
+        "latency_p90_ms": p50 * 1.08, "latency_p95_ms": p50 * 1.12, "latency_p99_ms": p50 * 1.2,
         "latency_max_ms": p50 * 1.3, "latency_iqr_ms": p50 * 0.05, "step_latency_p50_ms": p50 / steps,
         "sample_latency_p50_ms": p50 / batch, "throughput_samples_per_s": batch * 1e3 / p50,
         "throughput_steps_per_s": batch * steps * 1e3 / p50, "flag_low_n_p90": iterations < 64,
@@ -109,8 +112,9 @@ def write(table: str, row_or_rows, path: Path) -> None:
 
 def write_host(bench_dir: Path, host: Host, seed: int = 0) -> int:
     """Write every cell of a host (the last batch of fp16 on cuda as an OOM, bf16 on cuda
-    skipped, one CPU cell with an error message holding HTML), its capacity and roofline
-    rows. Returns the number of cell files."""
+    skipped, one CPU cell with an error message holding HTML, lstm fp16's last batch on CPU
+    measured on a busy host without reaching its interval's target), its capacity and
+    roofline rows. Returns the number of cell files."""
     rng = np.random.default_rng(seed)
     when = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)
     paths, rows = [], []
@@ -127,6 +131,9 @@ def write_host(bench_dir: Path, host: Host, seed: int = 0) -> int:
                         row = failure(row, "oom", EVIL_ERROR)
                     elif device == "cpu" and model == "transformer" and variant == "bf16" and batch == 8:
                         row = failure(row, "error", "RuntimeError: <bf16> kernel missing for 'aten::_lstm' & co")
+                    elif device == "cpu" and model == "lstm" and variant == "fp16" and batch == max(host.batches):
+                        row.update(flag_busy_host=True, load_avg_before=3.1, flag_ci_wide=True,
+                                   latency_p50_ci_half_width=0.09)
                     paths.append(bench_dir / host.folder / "cells" / model / variant / device / "mmap" / f"b{batch}.parquet")
                     rows.append(row)
                 write_capacity(bench_dir, host, device, model, variant)
@@ -152,10 +159,11 @@ def write_capacity(bench_dir: Path, host: Host, device: str, model: str, variant
 
 
 def write_model_tables(models_dir: Path, models=("lstm", "transformer"),
-                       variants=VARIANT_NAMES) -> tuple[list[Path], list[Path]]:
+                       variants=VARIANT_NAMES) -> tuple[list[Path], list[Path], list[Path]]:
     """Eval tables (one row, as alfred_edge.quantize.eval_table writes it; bf16 of the
-    transformer unavailable) and training metrics (one row per epoch, as alfred_edge.train)."""
-    evals, trains = [], []
+    transformer unavailable) and training logs (one row per epoch, and one per logged step of
+    30 an epoch, as alfred_edge.train writes them). -> (eval, epoch, step tables)."""
+    evals, epoch_logs, step_logs = [], [], []
     for model in models:
         fp32_mb = 184.0 if model == "lstm" else 12.0
         for index, variant in enumerate(variants):
@@ -176,12 +184,23 @@ def write_model_tables(models_dir: Path, models=("lstm", "transformer"),
         epochs = np.arange(1, 4)
         path = models_dir / model / "train_metrics.parquet"
         pq.write_table(pa.table({
-            "epoch": epochs, "train/loss": 2.0 / epochs, "seconds": 30.0 * epochs,
+            "epoch": epochs, "train/loss": 2.0 / epochs, "train_seconds": 30.0 * epochs,
             "valid_seen/loss": 2.2 / epochs, "valid_unseen/loss": 2.4 / epochs,
             "valid_seen/action_acc": 0.6 + 0.1 * epochs, "valid_unseen/action_acc": 0.55 + 0.1 * epochs,
+            "eval_seconds": 5.0 * epochs,
         }), path)
-        trains.append(path)
-    return evals, trains
+        epoch_logs.append(path)
+        step = np.tile(np.arange(1, 31), 3)
+        epoch = np.repeat(epochs, 30)
+        progress = epoch - 1 + step / 30
+        path = models_dir / model / "train_steps.parquet"
+        pq.write_table(pa.table({
+            "epoch": epoch, "step": step, "steps_in_epoch": np.full(90, 30), "samples": 8 * np.arange(1, 91),
+            "train/loss": 2.0 / (0.5 + progress) + np.random.default_rng(len(model)).normal(0, 0.05, 90),
+            "seconds": progress * 30.0,
+        }), path)
+        step_logs.append(path)
+    return evals, epoch_logs, step_logs
 
 
 STORAGE_PLAN = """# Storage plan (budget 16 GB)

@@ -80,8 +80,8 @@ def headline(cells: pd.DataFrame, budgets: pd.DataFrame) -> list[dict]:
     budgets_of = {host: list(zip(rows["budget"], rows["budget_mb"])) for host, rows in budgets.groupby("host")}
     for (host, device), panel in ok(cells)[columns].groupby(["host", "device"], sort=True):
         host_budgets = budgets_of.get(host, [])
-        entry = {"host": host, "device": device, "device_name": fmt(panel["device_name"].dropna().iloc[0])
-                 if panel["device_name"].notna().any() else "–"}
+        entry = {"host": host, "device": device, "fastest": None, "throughput": None,
+                 "device_name": fmt(panel["device_name"].dropna().iloc[0]) if panel["device_name"].notna().any() else "–"}
         batch1 = panel[(panel["batch_size"] == 1) & panel["sample_latency_p50_ms"].notna()]
         if not batch1.empty:
             row = batch1.loc[batch1["sample_latency_p50_ms"].idxmin()]
@@ -105,7 +105,7 @@ def headline(cells: pd.DataFrame, budgets: pd.DataFrame) -> list[dict]:
     return result
 
 
-SERIES = ["host", "device", "model", "variant", "features"]
+SERIES = ["host", "device", "model", "variant", "features"]  # a capacity row's series
 
 
 def ram_fits(capacity: pd.DataFrame) -> pd.DataFrame:
@@ -214,3 +214,37 @@ def environments(cells: pd.DataFrame) -> tuple[list[str], list[dict]]:
     rows.append({"field": "ts_utc", "values": [f"{times.at[host, 'min']} … {times.at[host, 'max']}"
                                                if pd.notna(times.at[host, "min"]) else "–" for host in hosts]})
     return hosts, rows
+
+
+# The eval table's columns in the page's table, with their headers (the rest are behind
+# "every column"); accuracies are shown in %.
+QUANTIZATION_COLUMNS = {"model": "model", "variant": "variant", "status": "status", "file_size_mb": "file MB",
+                        "size_ratio": "file / fp32", "accuracy_valid_seen": "accuracy valid_seen %",
+                        "accuracy_valid_unseen": "accuracy valid_unseen %", "reason": "reason"}
+
+
+def quantization(evals: pd.DataFrame, baseline: str) -> tuple[list[str], list[list[str]]]:
+    """One row per (model, variant): file size, accuracy on each split and its change on
+    valid_seen against the model's `baseline` variant (points), status and reason."""
+    if evals.empty:
+        return [], []
+    shown = [c for c in QUANTIZATION_COLUMNS if c in evals]
+    seen = evals.get("accuracy_valid_seen", pd.Series(np.nan, index=evals.index))
+    base = dict(zip(evals["model"][evals["variant"] == baseline], seen[evals["variant"] == baseline]))
+    header = [QUANTIZATION_COLUMNS[c] for c in shown] + [f"Δ valid_seen vs {baseline} (points)"]
+    rows = []
+    for index, record in zip(evals.index, evals[shown].to_dict("records")):
+        values = [fmt(value * 100 if column.startswith("accuracy_") and value is not None else value)
+                  for column, value in record.items()]
+        change = (seen[index] - base.get(record["model"], np.nan)) * 100
+        rows.append(values + ["–" if pd.isna(change) else f"{change:+.2f}"])
+    return header, rows
+
+
+def by_metric(frame: pd.DataFrame, key: str) -> tuple[list[str], list[list[str]]]:
+    """A table with one column per value of `key` and one row per other column: narrow
+    where the frame has many columns and few rows (the last epoch of each model)."""
+    if frame.empty:
+        return [], []
+    keys = list(frame[key])
+    return ["", *map(str, keys)], [[column, *map(fmt, frame[column])] for column in frame.columns if column != key]
