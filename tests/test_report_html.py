@@ -119,7 +119,7 @@ def opened(chromium, two_host_page, screenshot):
 
 def test_page_renders_offline_without_console_errors(opened, two_host_page, screenshot):
     assert opened.console_errors == []
-    assert len(opened.images) == 8  # latency, per sample, RAM, energy, accuracy, roofline, training, storage
+    assert len(opened.images) == 9  # latency, per sample, RAM, energy, accuracy, file size, roofline, training, storage
     undecoded = [image for image in opened.images if not (image["complete"] and image["width"] > 0)]
     assert undecoded == []
     # The page itself, then only its embedded images: nothing was fetched from anywhere.
@@ -172,13 +172,13 @@ def sentence(sentences: list[str], start: str) -> str:
 def test_every_figure_is_drawn_at_least_900_pixels_wide_and_no_markdown_is_left_raw(two_host_page):
     plot_dir = two_host_page.parent / "plots"
     widths = {path.name: png_size(path.read_bytes())[0] for path in plot_dir.glob("*.png")}
-    assert len(widths) == 8 and min(widths.values()) >= 900, widths
+    assert len(widths) == 9 and min(widths.values()) >= 900, widths
     source = two_host_page.read_text()
     assert "<pre" not in source and "|---" not in source and "**" not in source
 
 
 def test_one_panel_per_host_device_and_model_the_variants_as_lines(two_host_page):
-    cells = aggregate.read_results(two_host_page.parent / "results.parquet")
+    cells = results(two_host_page.parent / "results.parquet")
     fig = plots.sample_latency_figure(cells, html.series_columns())
     titles = [ax.get_title() for ax in panels(fig)]
     assert titles == [plots.panel_title(host, device, model) for host, device in
@@ -202,7 +202,7 @@ def test_one_panel_per_host_device_and_model_the_variants_as_lines(two_host_page
 
 def test_the_ram_figure_is_scaled_to_the_data_and_names_the_budgets_above_it(two_host_page):
     reports = two_host_page.parent
-    cells, capacity = aggregate.read_results(reports / "results.parquet"), aggregate.read_results(reports / "capacity.parquet")
+    cells, capacity = results(reports / "results.parquet"), aggregate.read_results(reports / "capacity.parquet")
     budgets = tables.budgets_per_host(cells, capacity, {})
     fig = plots.ram_figure(cells, html.series_columns(), tables.ram_fits(capacity), budgets)
     ok = cells[cells["status"] == "ok"]
@@ -233,19 +233,25 @@ def test_the_training_figure_draws_every_logged_step(two_host_page, tmp_path):
     plots.close(fig)
 
 
-def test_a_column_the_results_key_gains_tells_lines_apart(monkeypatch):
-    """E.g. a backend: its lines are dashed and labelled where the value is not the most common."""
+def test_a_second_backend_tells_lines_apart_and_rows_without_one_are_eager():
+    """Its lines are dashed and labelled where the value is not the most common; a row whose
+    file has no backend (an older board's) is of the eager backend."""
     rows = [{"host": "h", "device": "cpu", "model": "lstm", "variant": variant, "features": "mmap", "backend": backend,
              "batch_size": batch, "status": "ok", "sample_latency_p50_ms": 10.0 * batch}
-            for variant in ("fp32", "int8_dynamic") for backend in ("eager", "eager", "onnxruntime")[1:] + ("eager",)
-            for batch in (1, 2)]
-    cells = pd.DataFrame(rows).drop_duplicates()
-    monkeypatch.setattr(aggregate, "key_columns", lambda: ["host", "device", "model", "variant", "features", "backend",
-                                                           "batch_size"])
+            for variant in ("fp32", "int8_dynamic") for backend in (None, "eager", "onnxruntime") for batch in (1, 2)]
+    cells = tables.with_backend(pd.DataFrame(rows[0:2] + rows[4:6] + rows[8:12]))  # fp32's eager rows without a backend
     fig = plots.sample_latency_figure(cells, html.series_columns())
     styles = {line.get_label(): line.get_linestyle() for line in panels(fig)[0].get_lines()}
     assert styles == {"fp32": "-", "fp32 · onnxruntime": "--", "int8_dynamic": "-", "int8_dynamic · onnxruntime": "--"}
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert legend == ["fp32", "int8_dynamic", "eager", "onnxruntime"]  # variants by colour, backends by line style
     plots.close(fig)
+    assert list(tables.with_backend(pd.DataFrame({"variant": ["fp32"]}))["backend"]) == ["eager"]
+
+
+def results(path: Path) -> pd.DataFrame:
+    """results.parquet as the page reads it (rows without a backend are eager's)."""
+    return tables.with_backend(aggregate.read_results(path))
 
 
 def test_the_findings_state_what_fits_each_budget_and_what_int8_costs_and_buys(two_host_page):
@@ -296,13 +302,19 @@ def fx_cells(tmp_path) -> pd.DataFrame:
     return aggregate.aggregate(discover.bench_files(bench), bench).to_pandas(types_mapper=aggregate.nullable_type)
 
 
-def test_the_quantization_table_gives_the_accuracy_change_against_fp32():
-    evals = pd.DataFrame({"model": ["lstm", "lstm", "transformer"], "variant": ["int8_dynamic", "fp32", "fp16"],
-                          "status": ["ok", "ok", "ok"], "accuracy_valid_seen": [0.913, 0.9, 0.8]})
+def test_the_quantization_table_gives_the_accuracy_change_against_eager_fp32():
+    evals = tables.with_backend(pd.DataFrame({
+        "model": ["lstm", "lstm", "lstm", "transformer", "big"], "variant": ["int8_dynamic", "fp32", "fp32", "fp16", "fp32"],
+        "backend": [None, None, "onnxruntime", None, None], "status": ["ok"] * 5,
+        "accuracy_valid_seen": [0.913, 0.9, 0.899, 0.8, None], "reason": ["", "", "", "", "untrained: cost only"]}))
     header, rows = tables.quantization(evals, "fp32")
-    assert header == ["model", "variant", "status", "accuracy valid_seen %", "Δ valid_seen vs fp32 (points)"]
-    assert rows == [["lstm", "int8_dynamic", "ok", "91.3", "+1.30"], ["lstm", "fp32", "ok", "90", "+0.00"],
-                    ["transformer", "fp16", "ok", "80", "–"]]
+    assert header == ["model", "variant", "backend", "status", "accuracy valid_seen %", "reason",
+                      "Δ valid_seen vs fp32 (points)"]
+    assert rows == [["lstm", "int8_dynamic", "eager", "ok", "91.3", "", "+1.30"],
+                    ["lstm", "fp32", "eager", "ok", "90", "", "+0.00"],
+                    ["lstm", "fp32", "onnxruntime", "ok", "89.9", "", "-0.10"],
+                    ["transformer", "fp16", "eager", "ok", "80", "", "–"],
+                    ["big", "fp32", "eager", "ok", "untrained: cost only", "untrained: cost only", "–"]]
 
 
 def test_the_page_fits_a_phone_and_each_section_is_captured_at_both_widths(chromium, two_host_page, screenshot):
@@ -331,8 +343,8 @@ SECTIONS = ["findings", "headline", "latency", "ram", "power", "quantization", "
 def test_plot_files_are_written_beside_the_page(two_host_page):
     plot_dir = two_host_page.parent / "plots"
     names = {path.name for path in plot_dir.iterdir()}
-    assert {f"{key}.png" for key in ("latency", "sample_latency", "ram", "energy", "accuracy", "roofline", "training",
-                                     "storage")} <= names
+    assert {f"{key}.png" for key in ("latency", "sample_latency", "ram", "energy", "accuracy", "size", "roofline",
+                                     "training", "storage")} <= names
     assert {f"{key}.svg" for key in html.KEY_FIGURES} <= names
     assert (plot_dir / "latency.svg").read_text().lstrip().startswith("<?xml")
 
@@ -399,6 +411,7 @@ def test_an_older_boards_rows_are_shown_with_the_columns_they_have(tmp_path):
     cells = aggregate.aggregate(discover.bench_files(bench), bench).to_pandas(types_mapper=aggregate.nullable_type)
     page = tmp_path / "summary.html"
     page.write_text(html.render(html.ReportInputs(cells=cells, ram_budgets_gb={"jetson-4gb": 4.0})))
+    cells = tables.with_backend(cells)
     sentences = findings(page)
     assert sentence(sentences, "lstm fp32 on old-board · cpu: 100 ms per sample at batch 1, 75 at batch 2")
     compressed = sentence(sentences, "lstm int8_dynamic against fp32: no accuracy (no eval table)")
@@ -432,7 +445,7 @@ def test_the_headline_names_the_budgets_of_its_host_a_cell_fits():
     })
     budgets = pd.DataFrame({"host": ["a", "a", "a", "b"], "budget": ["4gb", "8gb", "16gb", "b-32gb"],
                             "budget_mb": [4000.0, 8000.0, 16000.0, 32000.0]})
-    first, second = tables.headline(cells, budgets)
+    first, second = tables.headline(tables.with_backend(cells), budgets)
     assert first["fastest"]["budgets"] == first["throughput"]["budgets"] == "8gb, 16gb"
     assert second["fastest"]["budgets"] == "RAM not measured" and second["throughput"] is None
 
@@ -455,3 +468,75 @@ def test_an_empty_results_table_renders(tmp_path):
     page = html.render(html.ReportInputs(cells=empty))
     assert "0 benchmark cells" in page and "No benchmark results" in page
     assert isinstance(empty, pd.DataFrame) and empty.empty
+
+
+@pytest.fixture(scope="module")
+def runtimes(tmp_path_factory):
+    """The runtimes issue's variants on two backends beside a cost-only model: (results, its page)."""
+    cells, evals = fx.runtime_results(fx.LAPTOP)
+    page = tmp_path_factory.mktemp("runtimes") / "summary.html"
+    html.write_summary(html.ReportInputs(cells=cells, quantization=evals, ram_budgets_gb={"jetson-4gb": 4.0}), page,
+                       page.parent / "plots")
+    return cells, page
+
+
+def beaten(points: pd.DataFrame, cost: str) -> set:
+    """The points another point beats: no costlier, no less accurate, better on one."""
+    return {i for i, p in points.iterrows() if any(
+        q[cost] <= p[cost] and q["accuracy_valid_seen"] >= p["accuracy_valid_seen"]
+        and (q[cost] < p[cost] or q["accuracy_valid_seen"] > p["accuracy_valid_seen"]) for _, q in points.iterrows())}
+
+
+@pytest.mark.parametrize("figure, cost", [(plots.accuracy_figure, "sample_latency_p50_ms"),
+                                          (plots.size_figure, "model_file_mb")])
+def test_the_tradeoff_view_has_a_point_per_variant_and_backend_and_fills_the_pareto_front(runtimes, figure, cost):
+    cells, _ = runtimes
+    fig = figure(tables.with_backend(cells), html.series_columns())
+    trained = sorted(set(cells["model"]) - {fx.COST_ONLY_MODEL})
+    assert [ax.get_title().split(" · ")[-1] for ax in panels(fig)] == trained  # the cost-only model has no accuracy
+    for ax, model in zip(panels(fig), trained):
+        points = cells[(cells["model"] == model) & (cells["batch_size"] == 1)].reset_index(drop=True)
+        assert len(points) == 12  # 6 variants × 2 backends
+        marks = [line for line in ax.get_lines() if line.get_linestyle() == "None"]
+        drawn = {(round(float(line.get_xdata()[0]), 6), round(float(line.get_ydata()[0]), 6)): line.get_markerfacecolor()
+                 for line in marks}
+        expected = {(round(float(p[cost]), 6), round(float(p["accuracy_valid_seen"]) * 100, 6)): i
+                    for i, p in points.iterrows()}
+        assert drawn.keys() == expected.keys()
+        hollow = {expected[xy] for xy, face in drawn.items() if face == "none"}
+        assert hollow == beaten(points, cost) and 0 < len(hollow) < len(points)
+        named = {text.get_text() for text in ax.texts}  # the front's points, by variant and (not eager) backend
+        assert named == {p.variant if p.backend == "eager" else f"{p.variant} · {p.backend}"
+                         for i, p in points.iterrows() if i not in hollow}
+    plots.close(fig)
+
+
+def test_a_cost_only_model_shows_its_cost_and_says_untrained_where_an_accuracy_would_be(runtimes):
+    cells, page = runtimes
+    source, sentences = page.read_text(), findings(page)
+    model = fx.COST_ONLY_MODEL
+    headline = source[source.index('<h2 id="headline">'):source.index('<h2 id="latency">')]
+    at1 = cells[(cells["model"] == model) & (cells["batch_size"] == 1)]
+    fastest = at1.loc[at1["sample_latency_p50_ms"].idxmin()]
+    assert (f"<td>{model} {fastest['variant']} · {fastest['backend']} (untrained: cost only)</td>"
+            f"<td>{tables.fmt(fastest['sample_latency_p50_ms'])} ms per sample, "
+            f"{tables.fmt(fastest['peak_memory_mb'])} MB peak; no accuracy (untrained: cost only)</td>") in headline
+    assert sentence(sentences, f"{model} int8_dynamic against fp32: no accuracy (untrained: cost only)")
+    fp32 = at1[(at1["variant"] == "fp32") & (at1["backend"] == "eager")].iloc[0]
+    side_by_side = sentence(sentences, "On laptop · cpu at batch 1 (fp32): ")
+    assert (f"{model} {tables.fmt(fp32['sample_latency_p50_ms'])} ms per sample (" in side_by_side
+            and f"{tables.fmt(fp32['peak_memory_mb'])} MB peak, 460 MB file, no accuracy (untrained: cost only)" in side_by_side)
+    quantization = source[source.index('<h2 id="quantization">'):source.index('<h2 id="roofline">')]
+    assert f"Left out, as they have no accuracy ({model}): untrained: cost only" in quantization
+    row = re.search(rf"<tr><td>{model}</td><td>fp32</td><td>eager</td>(.*?)</tr>", quantization).group(1)
+    assert row.count("<td>untrained: cost only</td>") == 3  # both accuracies and the reason
+    assert "untrained: cost only" not in re.sub(r"<h2 id=.(quantization|headline|findings).*?(?=<h2)", "", source, flags=re.S)
+
+
+def test_the_findings_compare_each_backend_with_eager_fp32(runtimes):
+    cells, page = runtimes
+    at1 = cells[(cells["model"] == "lstm") & (cells["batch_size"] == 1)].set_index(["variant", "backend"])
+    speedup = at1.at[("fp32", "eager"), "sample_latency_p50_ms"] / at1.at[("fp32", "onnxruntime"), "sample_latency_p50_ms"]
+    found = sentence(findings(page), "lstm fp32 · onnxruntime against fp32:")
+    assert found.startswith("lstm fp32 · onnxruntime against fp32: accuracy 93 % (+0.00 points), file 18.8 MB (1.02×)")
+    assert f"{speedup:.2f}× as fast on laptop · cpu" in found

@@ -32,6 +32,9 @@ VARIANTS = {variant.name: variant for variant in (
     Variant("bf16", "weights and buffers in bfloat16", 0.5, ("cpu", "cuda"), "#9467bd"),
 )}  # fmt: skip
 NAMES = tuple(VARIANTS)
+# What a cost-only model's rows say instead of an accuracy (the reason of its eval rows, and the
+# report's text for it); defined here, without torch, for the quantize job and the report.
+COST_ONLY = "untrained: cost only"
 
 
 class VariantUnavailable(RuntimeError):

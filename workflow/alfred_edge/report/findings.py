@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from alfred_edge.report.tables import fmt, pareto_front
+from alfred_edge.report.tables import BACKEND, fmt, pareto_front, variant_names
+from alfred_edge.variants import COST_ONLY
 
 BASELINE = "fp32"  # the trained model as it is (alfred_edge.variants): what every variant is compared with
 
@@ -46,7 +47,7 @@ class Facts:
         if len(values):
             return float(values.iloc[0]) * 100, f"accuracy {fmt(float(values.iloc[0]) * 100)} %"
         if "cost_only" in rows and rows["cost_only"].fillna(False).astype(bool).any():
-            return None, "no accuracy (untrained: cost only)"
+            return None, f"no accuracy ({COST_ONLY})"
         if not self.evals.empty:
             evaluated = self.evals[(self.evals["model"] == model) & (self.evals["variant"] == variant)]
             if not evaluated.empty and evaluated["status"].iloc[0] != "ok":
@@ -257,11 +258,16 @@ CAPACITY_COLUMNS = ["host", "device", "model", "variant", "budget_name", "budget
 
 def findings(cells: pd.DataFrame, series: list[str], capacity_rows: pd.DataFrame, evals: pd.DataFrame,
              budgets: pd.DataFrame, power_reasons: dict) -> list[Finding]:
-    """Every question's finding that has a sentence."""
+    """Every question's finding that has a sentence. A variant on another backend than the
+    default one is a variant of its own here ("fp32 · onnxruntime"), compared with fp32 as
+    the others are."""
+    series = [c for c in series if c != BACKEND]
     columns = dict.fromkeys(c for c in CELL_COLUMNS + OPTIONAL_COLUMNS + series if c in cells)
-    all_ok = cells.loc[cells["status"] == "ok", list(columns)]
+    named = cells.loc[cells["status"] == "ok"]
+    all_ok = named[list(columns)].assign(variant=variant_names(named))
     ok = main_series(all_ok, series)
     if ok.empty:
         return []
+    evals = evals.assign(variant=variant_names(evals)) if not evals.empty else evals
     facts = Facts(ok, all_ok, main_series(capacity_rows, series)[CAPACITY_COLUMNS], evals, budgets, power_reasons)
     return [finding for finding in (question(facts) for question in FINDINGS) if finding.sentences]

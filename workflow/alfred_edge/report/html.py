@@ -11,7 +11,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -20,6 +20,7 @@ import pandas as pd
 from alfred_edge.atomic import atomic_path, write_text
 from alfred_edge.bench import schema as bench_schema
 from alfred_edge.report import aggregate, findings, inputs as report_inputs, plots, tables
+from alfred_edge.variants import COST_ONLY
 
 log = logging.getLogger("alfred_edge.report")
 
@@ -67,9 +68,9 @@ class Figure:
 
 def series_columns() -> list[str]:
     """The columns that tell apart the lines of one model on one host and device: the variant,
-    then the results table's other key columns (features, and any the key gains)."""
-    return ["variant"] + [c for c in aggregate.key_columns() if c not in ("host", "device", "model", "variant",
-                                                                          "batch_size")]
+    the backend, then the results table's other key columns (features, and any the key gains)."""
+    others = [c for c in aggregate.key_columns() if c not in ("host", "device", "model", "variant", "batch_size")]
+    return ["variant", *dict.fromkeys([tables.BACKEND, *others])]
 
 
 def environment() -> jinja2.Environment:
@@ -95,6 +96,7 @@ def figure_makers(inputs: ReportInputs, fits: pd.DataFrame, budgets: pd.DataFram
         "latency": ("Latency against batch", of_cells(plots.latency_figure)),
         "sample_latency": ("Latency per sample", of_cells(plots.sample_latency_figure)),
         "accuracy": ("Accuracy against latency", of_cells(plots.accuracy_figure)),
+        "size": ("Accuracy against file size", of_cells(plots.size_figure)),
         "energy": ("Energy per sample", of_cells(plots.energy_figure)),
         "roofline": ("Roofline efficiency", of_cells(plots.roofline_figure)),
         "training": ("Training curves", lambda: plots.training_figure(inputs.training, inputs.training_steps)),
@@ -210,6 +212,8 @@ def page_tables(inputs: ReportInputs, budgets: pd.DataFrame) -> dict:
         "power_hosts": tables.power_by_host(cells),
         "power_cells": tables.power_cells(cells),
         "quantization": tables.quantization(inputs.quantization, findings.BASELINE),
+        "cost_only_models": tables.cost_only_models(cells),
+        "cost_only_reason": COST_ONLY,
         "quantization_all": records(inputs.quantization),
         "roofline": tables.roofline(cells),
         "leak_checked": checked,
@@ -226,7 +230,10 @@ TABLES_JOB = "page tables"  # beside the figures' names
 
 def context(inputs: ReportInputs, plots_dir: Path | None, workers: int = 1) -> dict:
     """The template's variables: the tables and the figures made side by side in `workers`
-    processes (the figures' PNG and SVG files written into plots_dir)."""
+    processes (the figures' PNG and SVG files written into plots_dir). Rows without a backend
+    (files written before backends were recorded) are of the default one."""
+    inputs = replace(inputs, cells=tables.with_backend(inputs.cells),
+                     quantization=tables.with_backend(inputs.quantization))
     budgets = tables.budgets_per_host(inputs.cells, inputs.capacity, inputs.ram_budgets_gb)
     makers = figure_makers(inputs, tables.ram_fits(inputs.capacity), budgets)
     with_svg = plots_dir is not None and len(inputs.cells) <= SVG_MAX_CELLS

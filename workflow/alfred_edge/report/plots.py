@@ -12,10 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import matplotlib.ticker as ticker  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from alfred_edge.report.tables import pareto_front  # noqa: E402
+from alfred_edge.report.tables import BACKEND, pareto_front  # noqa: E402
 from alfred_edge.variants import VARIANTS  # noqa: E402
 
 # A figure as wide as the page's content (summary.html.j2: 1400 px less the padding) at DPI:
@@ -75,6 +76,18 @@ class Styles:
         self.dash = {combo: DASHES[index % len(DASHES)] for index, combo in enumerate(combos)}
         self.marker = {combo: MARKERS[index % len(MARKERS)] for index, combo in enumerate(combos)}
 
+    def legend(self, lines: bool) -> list[Line2D]:
+        """Handles: a variant's colour each, then, where there are several, each other combination
+        of values (named by the columns in which they differ) with its line style and marker."""
+        line = {"lw": 1.5} if lines else {"ls": "none"}
+        handles = [Line2D([], [], color=colour, marker="o", label=variant, **line) for variant, colour in self.colour.items()]
+        if len(self.dash) > 1:
+            differ = [i for i in range(len(self.others)) if len({combo[i] for combo in self.dash}) > 1]
+            handles += [Line2D([], [], color="#555", marker=self.marker[combo], label=" · ".join(str(combo[i]) for i in differ),
+                               **({"ls": self.dash[combo], "lw": 1.5} if lines else {"ls": "none"}))
+                        for combo in self.dash]
+        return handles
+
     def of(self, variant: str, combo: tuple) -> dict:
         names = [str(value) for value, common in zip(combo, self.common) if value != common]
         return {"color": self.colour[variant], "ls": self.dash[combo], "marker": self.marker[combo],
@@ -123,20 +136,14 @@ def small_multiples(panels, ylabel: str, sharey: bool = True, xlabel: str = "bat
     return fig, axes
 
 
-def finish(fig, title: str) -> None:
-    """Above the panels, the title over one legend of every series (by variant, then the
-    rest): as the legend's own title, which constrained layout places with it (a suptitle
-    beside an outside legend overlaps it)."""
-    handles = {}
-    for ax in fig.axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    labels = sorted(handles, key=lambda label: (variant_order(label.split(" · ")[0]), label))
-    if not labels:
-        fig.suptitle(title, fontsize=12)
-        return
-    fig.legend([handles[label] for label in labels], labels, loc="outside upper center", ncol=min(len(labels), 8),
-               frameon=False, fontsize=10, title=title, title_fontproperties={"size": 12})
+def finish(fig, title: str, styles: Styles, lines: bool = True) -> None:
+    """Above the panels, the title over one legend: each variant's colour, then (where the
+    series have other columns, e.g. a second backend) each other value's line style and
+    marker in grey; as the legend's own title, which constrained layout places with it (a
+    suptitle beside an outside legend overlaps it)."""
+    handles = styles.legend(lines)
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 7), frameon=False, fontsize=10,
+               title=title, title_fontproperties={"size": 12})
 
 
 def batch_axis(ax, batches) -> None:
@@ -188,7 +195,7 @@ def lines_figure(cells, series, column, title, ylabel, log_y=True, band=None):
         if log_y:
             ax.set_yscale("log")
             log_axis(ax.yaxis)
-    finish(fig, title)
+    finish(fig, title, styles)
     return fig
 
 
@@ -240,7 +247,7 @@ def ram_figure(cells, series, fits: pd.DataFrame, budgets: pd.DataFrame):
         ax.margins(y=0.15)
         draw_budgets(ax, budgets[budgets["host"] == host])
         batch_axis(ax, rows["batch_size"])
-    finish(fig, "Peak memory against batch: measured (points), fitted line (dashed), RAM budgets")
+    finish(fig, "Peak memory against batch: measured (points), fitted line (dashed), RAM budgets", styles, lines=False)
     return fig
 
 
@@ -262,29 +269,61 @@ def draw_budgets(ax, budgets: pd.DataFrame) -> None:
 
 def accuracy_figure(cells, series):
     """Per model and host · device: valid_seen accuracy against latency per sample at batch 1,
-    one labelled point per series, the points no other beats on both joined (the best
-    accuracy for the latency)."""
+    one labelled point per series (variant, backend, …), the Pareto front marked."""
     rows = ok_rows(cells, "accuracy_valid_seen", series)
     rows = rows[(rows["batch_size"] == 1) & rows["sample_latency_p50_ms"].notna()]
     if rows.empty:
         return None
     panels = series_groups(rows, series, ["sample_latency_p50_ms", "accuracy_valid_seen"])
     styles = Styles(rows, series)
-    fig, axes = small_multiples(panels, "action accuracy, valid_seen (%)", xlabel="ms per sample at batch 1")
-    for key, points in panels.items():
-        ax = axes[key]
-        front = pareto_front(pd.concat([line for *_, line in points]))
-        ax.plot(front["sample_latency_p50_ms"], front["accuracy_valid_seen"] * 100, color="#999", lw=1, zorder=1,
-                drawstyle="steps-post")
-        for variant, combo, line in points:
-            style = styles.of(variant, combo)
-            x, y = line["sample_latency_p50_ms"].iloc[0], line["accuracy_valid_seen"].iloc[0] * 100
-            ax.plot(x, y, ms=7, zorder=2, **style | {"ls": "none"})
-            ax.annotate(style["label"], (x, y), xytext=(5, 3), textcoords="offset points", fontsize=8)
-        ax.set_xscale("log")
-        log_axis(ax.xaxis)
-    finish(fig, "Accuracy against latency per sample at batch 1 (grey: the best accuracy for the latency)")
+    fig, axes = small_multiples(panels, "action accuracy, valid_seen (%)", sharey=False, xlabel="ms per sample at batch 1")
+    for key, lines in panels.items():
+        tradeoff_panel(axes[key], pd.concat([line for *_, line in lines]), "sample_latency_p50_ms", styles, series)
+    finish(fig, f"Accuracy against latency per sample at batch 1 ({FRONT})", styles, lines=False)
     return fig
+
+
+def size_figure(cells, series):
+    """Per model: valid_seen accuracy against the size of the model's file, one labelled point
+    per variant and backend (a file is the same on every host), the Pareto front marked."""
+    series = [c for c in series if c in ("variant", BACKEND)]  # the others (features) read the same file
+    rows = ok_rows(cells, "accuracy_valid_seen", series)
+    rows = rows[rows["model_file_mb"].notna()].drop_duplicates(["model", *series])
+    if rows.empty:
+        return None
+    models = sorted(rows["model"].unique())
+    fig, grid = plt.subplots(1, len(models), figsize=(width(len(models)), HEADER_IN + ROW_HEIGHT_IN), squeeze=False,
+                             layout="constrained")
+    styles = Styles(rows, series)
+    for model, ax in zip(models, grid[0]):
+        tradeoff_panel(ax, rows[rows["model"] == model], "model_file_mb", styles, series)
+        ax.set_title(text(model, 24), fontsize=10)
+        ax.grid(True, alpha=0.3)
+    fig.supxlabel("model file (MB)", fontsize=10)
+    fig.supylabel("action accuracy, valid_seen (%)", fontsize=10)
+    finish(fig, f"Accuracy against file size ({FRONT})", styles, lines=False)
+    return fig
+
+
+FRONT = "filled, named and joined: the Pareto front, which no other point beats on both; hollow: beaten"
+
+
+def tradeoff_panel(ax, points: pd.DataFrame, cost: str, styles: Styles, series: list[str]) -> None:
+    """Accuracy (%) against `cost` on a log axis, a point per row; the points of the Pareto
+    front filled, named and joined by a step line, the others hollow (the legend tells them)."""
+    front = pareto_front(points, cost)
+    ax.plot(front[cost], front["accuracy_valid_seen"] * 100, color="#999", lw=3, alpha=0.5, zorder=1,
+            drawstyle="steps-post")
+    for index, point in points.iterrows():
+        style = styles.of(point["variant"], tuple(point[c] for c in series[1:]))
+        x, y = point[cost], point["accuracy_valid_seen"] * 100
+        if index in front.index:
+            ax.plot(x, y, ms=7, zorder=3, **style | {"ls": "none"})
+            ax.annotate(style["label"], (x, y), xytext=(5, 3), textcoords="offset points", fontsize=8)
+        else:
+            ax.plot(x, y, ms=6, zorder=2, mfc="none", **style | {"ls": "none"})
+    ax.set_xscale("log")
+    log_axis(ax.xaxis)
 
 
 def training_figure(epochs: pd.DataFrame, steps: pd.DataFrame):
