@@ -142,7 +142,7 @@ def finish(fig, title: str, styles: Styles, lines: bool = True) -> None:
     marker in grey; as the legend's own title, which constrained layout places with it (a
     suptitle beside an outside legend overlaps it)."""
     handles = styles.legend(lines)
-    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 7), frameon=False, fontsize=10,
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 8), frameon=False, fontsize=10,
                title=title, title_fontproperties={"size": 12})
 
 
@@ -324,6 +324,7 @@ def tradeoff_panel(ax, points: pd.DataFrame, cost: str, styles: Styles, series: 
             ax.plot(x, y, ms=6, zorder=2, mfc="none", **style | {"ls": "none"})
     ax.set_xscale("log")
     log_axis(ax.xaxis)
+    ax.margins(x=0.12, y=0.1)  # room for the names right of the points
 
 
 def training_figure(epochs: pd.DataFrame, steps: pd.DataFrame):
@@ -362,19 +363,23 @@ def training_figure(epochs: pd.DataFrame, steps: pd.DataFrame):
 
 def storage_figure(stages: pd.DataFrame, budget_gb: float | None):
     """Bars of the planned size of each stage (raw → store → models → total), each labelled
-    with its size, against the budget."""
+    with its size, against the budget: on a log axis, as the stages span several powers of
+    ten below the budget (a linear one would draw all but the largest as no bar at all)."""
     if stages.empty:
         return None
     fig, ax = plt.subplots(figsize=(MIN_WIDTH_IN, 0.8 + 0.42 * len(stages)), layout="constrained")
-    bars = ax.barh(stages["stage"], stages["size_gb"], color="#4c72b0")
+    sizes = stages["size_gb"].clip(lower=1e-6)
+    start = sizes.min() / 10  # where the bars start: a log axis has no 0
+    ax.set_xscale("log")
+    bars = ax.barh(stages["stage"], sizes - start, left=start, color="#4c72b0")
     ax.bar_label(bars, [f" {size:.3g} GB" for size in stages["size_gb"]], fontsize=9)
     if budget_gb:
         ax.axvline(budget_gb, color="#c44", ls="--", lw=1)
         ax.annotate(f"budget {budget_gb:g} GB ", (budget_gb, 1.0), xycoords=("data", "axes fraction"), ha="right",
                     va="top", color="#c44", fontsize=9)
     ax.invert_yaxis()
-    ax.margins(x=0.12)
-    ax.set_xlabel("GB (1e9 bytes)")
+    ax.set_xlim(start, max(sizes.max(), budget_gb or 0) * 4)
+    ax.set_xlabel("GB (1e9 bytes), log scale")
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_title("Storage plan against the budget", fontsize=12)
     return fig
