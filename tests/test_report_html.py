@@ -277,6 +277,14 @@ def test_the_findings_state_what_fits_each_budget_and_what_int8_costs_and_buys(t
         assert f"{speedup:.2f}× as fast on {fx.LAPTOP.name} · cpu" in compressed
 
 
+def test_a_sentence_names_a_cell_of_another_series_by_that_value():
+    """E.g. the one cell reading features from RAM beside the memory-mapped sweep."""
+    from alfred_edge.report.findings import other_series_named
+
+    rows = pd.DataFrame({"variant": ["fp32", "fp32", "int8_dynamic"], "features": ["mmap", "ram", "mmap"]})
+    assert list(other_series_named(rows, ["variant", "features"])["variant"]) == ["fp32", "fp32 · ram", "int8_dynamic"]
+
+
 def test_the_findings_say_why_a_number_is_missing(two_host_page):
     sentences = findings(two_host_page)
     cells = aggregate.read_results(two_host_page.parent / "results.parquet")

@@ -64,6 +64,18 @@ def main_series(rows: pd.DataFrame, series: list[str]) -> pd.DataFrame:
     return rows
 
 
+def other_series_named(rows: pd.DataFrame, series: list[str]) -> pd.DataFrame:
+    """The rows with each value of a series column but the variant that is not the column's
+    most common added to the variant's name ("fp32 · ram"), so that a sentence tells them apart."""
+    names = rows["variant"].astype(str)
+    for column in series[1:]:
+        if column in rows and rows[column].notna().any():
+            values = rows[column].astype(object)
+            other = values.notna() & (values != values.mode().iloc[0])
+            names = names.where(~other, names + " · " + values.astype(str))
+    return rows.assign(variant=names)
+
+
 def cell(rows: pd.DataFrame, model: str, variant: str, batch: int | None = None):
     """The row of (model, variant) at `batch` (default: 1), or None."""
     match = rows[(rows["model"] == model) & (rows["variant"] == variant) & (rows["batch_size"] == (batch or 1))]
@@ -264,7 +276,7 @@ def findings(cells: pd.DataFrame, series: list[str], capacity_rows: pd.DataFrame
     series = [c for c in series if c != BACKEND]
     columns = dict.fromkeys(c for c in CELL_COLUMNS + OPTIONAL_COLUMNS + series if c in cells)
     named = cells.loc[cells["status"] == "ok"]
-    all_ok = named[list(columns)].assign(variant=variant_names(named))
+    all_ok = other_series_named(named[list(columns)].assign(variant=variant_names(named)), series)
     ok = main_series(all_ok, series)
     if ok.empty:
         return []
