@@ -1,6 +1,7 @@
 """Open a local HTML file in headless Chromium with the network cut off, through the DevTools
 protocol (websocket-client): collect console errors, exceptions, failed loads and every
-request made, check each <img>, run a script in the page and write a screenshot."""
+request made, check each <img>, run a script in the page and write a screenshot, of the
+whole page or of each section, at a desktop's or a phone's width."""
 from __future__ import annotations
 
 import base64
@@ -27,6 +28,12 @@ FLAGS = [
 ]
 IMAGES_JS = """JSON.stringify(Array.from(document.images).map(i => ({
     src: i.src.slice(0, 40), complete: i.complete, width: i.naturalWidth, height: i.naturalHeight})))"""
+# Each <h2> section: its id and where it starts and ends on the page (the next <h2>, or the page's end).
+SECTIONS_JS = """(() => { const heads = Array.from(document.querySelectorAll('h2[id]'));
+  const top = e => e.getBoundingClientRect().top + window.scrollY;
+  return heads.map((h, i) => ({id: h.id, top: Math.floor(top(h)),
+    bottom: Math.ceil(i + 1 < heads.length ? top(heads[i + 1]) : document.documentElement.scrollHeight)})); })()"""
+PHONE_WIDTH = 390  # CSS pixels, as a phone's browser lays a page out
 
 
 def find_chromium() -> str | None:
@@ -96,11 +103,15 @@ class Browser:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def open(self, path: Path, screenshot: Path | None = None, checks: dict[str, str] | None = None) -> PageReport:
-        """Load a local file offline; return what the page did and, with `checks`
-        ({name: JS expression}), the value of each expression."""
+    def open(self, path: Path, screenshot: Path | None = None, checks: dict[str, str] | None = None,
+             width: int = 1400) -> PageReport:
+        """Load a local file offline in a window `width` CSS pixels wide (a phone's below
+        700); return what the page did and, with `checks` ({name: JS expression}), the value
+        of each expression."""
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=1000, deviceScaleFactor=1,
+                  mobile=width < 700)
         self.send("Network.emulateNetworkConditions", offline=True, latency=0,
                   downloadThroughput=-1, uploadThroughput=-1)
         self.events.clear()
@@ -124,10 +135,23 @@ class Browser:
                 report.requests.append(params["request"]["url"][:80])
         if screenshot is not None:
             size = self.send("Page.getLayoutMetrics")["cssContentSize"]
-            shot = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                             clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
-            screenshot.write_bytes(base64.b64decode(shot["data"]))
+            self.capture(screenshot, 0, size["height"], size["width"])
         return report
+
+    def capture(self, path: Path, top: float, bottom: float, width: float) -> None:
+        """A screenshot of the open page from `top` to `bottom` (CSS pixels)."""
+        shot = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                         clip={"x": 0, "y": top, "width": width, "height": bottom - top, "scale": 1})
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+    def section_screenshots(self, folder: Path, prefix: str) -> list[Path]:
+        """One screenshot per <h2> section of the open page: folder/<prefix>-<section id>.png."""
+        width = self.send("Page.getLayoutMetrics")["cssContentSize"]["width"]
+        paths = []
+        for section in self.evaluate(SECTIONS_JS):
+            paths.append(folder / f"{prefix}-{section['id']}.png")
+            self.capture(paths[-1], section["top"], section["bottom"], width)
+        return paths
 
     def __enter__(self):
         return self

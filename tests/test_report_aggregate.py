@@ -21,7 +21,7 @@ def two_hosts(tmp_path_factory):
     root = tmp_path_factory.mktemp("aggregate")
     bench = root / "reports" / "bench"
     cells = fx.write_host(bench, fx.LAPTOP) + fx.write_host(bench, fx.JETSON, seed=1)
-    evals, _ = fx.write_model_tables(root / "models")
+    evals, *_ = fx.write_model_tables(root / "models")
     return bench, evals, cells
 
 
@@ -31,7 +31,7 @@ def test_one_row_per_cell_with_the_documented_columns(two_hosts):
     table = aggregate.aggregate(files, bench, evals)
     assert table.schema.equals(aggregate.results_schema(), check_metadata=False)
     rows = table.to_pandas()
-    assert len(files) == count == len(rows) == 2 * 4 * len(fx.LAPTOP.variants) * 3  # hosts' devices × models × variants × batches
+    assert len(files) == count == len(rows) == 3 * 2 * len(fx.LAPTOP.variants) * 4  # devices × models × variants × batches
     assert not rows.duplicated(aggregate.key_columns()).any()
     assert set(rows["host"]) == {fx.LAPTOP.name, fx.JETSON.name}
     assert "latencies_ms" not in rows and "settings_json" not in rows

@@ -77,6 +77,9 @@ VARIANTS = {variant.name: variant for variant in (
 )}  # fmt: skip
 NAMES = tuple(VARIANTS)
 STRUCTURE_ORDER = tuple(name for name, v in VARIANTS.items() if v.kind == STRUCTURE)
+# What a cost-only model's rows say instead of an accuracy (the reason of its eval rows, and the
+# report's text for it); defined here, without torch, for the quantize job and the report.
+COST_ONLY = "untrained: cost only"
 
 
 class VariantUnavailable(RuntimeError):

@@ -23,8 +23,9 @@ def get_report_eval_files():
     return get_quantize_eval_tables()
 
 
-def get_report_training_files():
-    return expand("models/{model}/train_metrics.parquet", model=TRAINED_MODELS)
+def get_report_training_files(log):
+    """Each trained model's training log: "metrics" (one row per epoch) or "steps" (per logged step)."""
+    return expand("models/{model}/train_{log}.parquet", model=TRAINED_MODELS, log=log)
 
 
 def get_report_ram_budgets():
@@ -66,7 +67,8 @@ rule summary:
         results="reports/results.parquet",
         capacity="reports/capacity.parquet",
         evals=get_report_eval_files(),
-        training=get_report_training_files(),
+        training=get_report_training_files("metrics"),
+        training_steps=get_report_training_files("steps"),
         storage_plan="reports/storage_plan.md",
     output:
         html=report(

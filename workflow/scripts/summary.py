@@ -10,6 +10,7 @@ with job_logging(snakemake) as log:  # noqa: F821 (snakemake is injected)
         capacity=aggregate.read_results(inputs.capacity),
         quantization=report_inputs.read_eval_tables(inputs.evals),
         training=report_inputs.read_training(inputs.training),
+        training_steps=report_inputs.read_training(inputs.training_steps),
         storage_plan_text=report_inputs.read_storage_plan(inputs.storage_plan),
         storage_stages=report_inputs.storage_stages(params.storage_plan),
         storage_budget_gb=params.storage_plan["budget_bytes"] / 1e9,

@@ -14,12 +14,11 @@ from alfred_edge import variants
 from alfred_edge.models.file_format import header
 from alfred_edge.quantize.conversions import conversion, quiet_quantization_warnings
 from alfred_edge.quantize.files import engine_of, load_variant, read_variant_file, save_unavailable, save_variant
-from alfred_edge.variants import VariantUnavailable
+from alfred_edge.variants import COST_ONLY, VariantUnavailable
 
 log = logging.getLogger(__name__)
 
 EVAL_METRICS = ("action_acc", "action_f1", "action_em", "mask_iou", "loss", "n_annotations")
-COST_ONLY = "untrained: cost only"  # the reason of a cost-only model's rows, which have no accuracy
 
 
 def eval_device(variant: str, backend: str = "eager") -> str:

@@ -11,7 +11,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -19,7 +19,8 @@ import pandas as pd
 
 from alfred_edge.atomic import atomic_path, write_text
 from alfred_edge.bench import schema as bench_schema
-from alfred_edge.report import plots, tables
+from alfred_edge.report import aggregate, findings, inputs as report_inputs, plots, tables
+from alfred_edge.variants import COST_ONLY
 
 log = logging.getLogger("alfred_edge.report")
 
@@ -42,7 +43,8 @@ class ReportInputs:
     cells: pd.DataFrame
     capacity: pd.DataFrame = field(default_factory=lambda: empty_table("capacity"))
     quantization: pd.DataFrame = field(default_factory=pd.DataFrame)
-    training: pd.DataFrame = field(default_factory=pd.DataFrame)
+    training: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (model, epoch)
+    training_steps: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per (model, logged step)
     storage_plan_text: str = ""
     storage_stages: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["stage", "size_gb"]))
     storage_budget_gb: float | None = None
@@ -59,6 +61,17 @@ class Figure:
     def data_uri(self) -> str:
         return "data:image/png;base64," + base64.b64encode(self.png).decode()
 
+    @property
+    def anchor(self) -> str:
+        return f"figure-{self.name}"
+
+
+def series_columns() -> list[str]:
+    """The columns that tell apart the lines of one model on one host and device: the variant,
+    the backend, then the results table's other key columns (features, and any the key gains)."""
+    others = [c for c in aggregate.key_columns() if c not in ("host", "device", "model", "variant", "batch_size")]
+    return ["variant", *dict.fromkeys([tables.BACKEND, *others])]
+
 
 def environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -72,43 +85,37 @@ def environment() -> jinja2.Environment:
 
 def figure_makers(inputs: ReportInputs, fits: pd.DataFrame, budgets: pd.DataFrame) -> dict:
     """{name: (title, make)}: make() draws the figure, or returns None without data. Slowest
-    first (RAM and accuracy, with the most text to lay out), for run_jobs."""
-    cells = inputs.cells
+    first (most panels and text), for run_jobs."""
+    cells, series = inputs.cells, series_columns()
 
     def of_cells(draw):
-        return lambda: None if cells.empty else draw()
+        return lambda: None if cells.empty else draw(cells, series)
 
     return {
-        "ram": ("Peak RAM against batch", of_cells(lambda: plots.ram_figure(cells, fits, budgets))),
-        "accuracy": ("Accuracy, latency and file size", of_cells(lambda: plots.accuracy_figure(cells))),
-        "latency": ("Latency against batch", of_cells(lambda: plots.latency_figure(cells))),
-        "energy": ("Energy per sample", of_cells(lambda: plots.energy_figure(cells, tables.power_reasons(cells)))),
-        "sample_latency": ("Latency per sample", of_cells(lambda: plots.sample_latency_figure(cells))),
-        "throughput": ("Throughput", of_cells(lambda: plots.throughput_figure(cells))),
-        "roofline": ("Roofline efficiency", of_cells(lambda: plots.roofline_figure(cells))),
-        "training": ("Training curves", lambda: plots.training_figure(inputs.training)),
+        "ram": ("Peak RAM against batch", of_cells(lambda c, s: plots.ram_figure(c, s, fits, budgets))),
+        "latency": ("Latency against batch", of_cells(plots.latency_figure)),
+        "sample_latency": ("Latency per sample", of_cells(plots.sample_latency_figure)),
+        "accuracy": ("Accuracy against latency", of_cells(plots.accuracy_figure)),
+        "size": ("Accuracy against file size", of_cells(plots.size_figure)),
+        "energy": ("Energy per sample", of_cells(plots.energy_figure)),
+        "roofline": ("Roofline efficiency", of_cells(plots.roofline_figure)),
+        "training": ("Training curves", lambda: plots.training_figure(inputs.training, inputs.training_steps)),
         "storage": ("Storage plan", lambda: plots.storage_figure(inputs.storage_stages, inputs.storage_budget_gb)),
     }
 
 
-def run_jobs(jobs: dict, workers: int = 1, prepare=lambda: None) -> dict:
+def run_jobs(jobs: dict, workers: int = 1) -> dict:
     """{name: job()} for each job. With workers > 1, each job runs in a process forked for
-    it alone, at most `workers` at a time (matplotlib and pandas use one core each; a sweep
-    of thousands of cells spends most of the report's time here), started in the order
-    given: slow ones first keep the last to finish a short one. A fresh fork per job starts
-    from this process's state: the tables reach it without pickling, and what prepare()
-    made (a spare panel grid) it inherits unused. prepare() runs here once the first job
-    has started, so that the two overlap; with one worker, before the jobs."""
+    it alone, at most `workers` at a time (matplotlib and pandas use one core each), started
+    in the order given: slow ones first keep the last to finish a short one. A fresh fork per
+    job starts from this process's state: the tables reach it without pickling."""
     if workers <= 1:
-        prepare()
         return {name: job() for name, job in jobs.items()}
     context = multiprocessing.get_context("fork")
     pending, running, made = list(jobs), {}, {}
     try:
         while pending or running:
             while pending and len(running) < workers:
-                if len(pending) == len(jobs) - 1:  # the first job has started
-                    prepare()
                 name = pending.pop(0)
                 receiver, sender = context.Pipe(duplex=False)
                 process = context.Process(target=_run_and_send, args=(jobs[name], sender), daemon=True)
@@ -159,7 +166,7 @@ def drawing(make, with_svg: bool):
         if fig is None:
             return None
         try:
-            return plots.render_png(fig), plots.render_svg(fig) if with_svg else None
+            return plots.render(fig, with_svg)
         finally:
             plots.close(fig)
     return draw
@@ -190,25 +197,29 @@ def page_tables(inputs: ReportInputs, budgets: pd.DataFrame) -> dict:
     cells = inputs.cells
     hosts, environment_rows = tables.environments(cells)
     checked, leak_rows = tables.leaks(cells)
-    final_epochs = (inputs.training.sort_values("epoch").groupby("model").tail(1)
-                    if not inputs.training.empty and "epoch" in inputs.training else pd.DataFrame())
+    training = inputs.training
+    last_epochs = (training.sort_values("epoch").groupby("model").tail(1).sort_values("model")
+                   if not training.empty and "epoch" in training else pd.DataFrame())
     return {
         "hosts": hosts,
         "counts": cells["status"].value_counts().sort_index().to_dict(),
         "cell_count": len(cells),
+        "findings": findings.findings(cells, series_columns(), inputs.capacity, inputs.quantization, budgets,
+                                      tables.power_reasons(cells)),
         "headline": tables.headline(cells, budgets),
         "budgets": [{"host": b.host, "budget": b.budget, "mb": tables.fmt(b.budget_mb)} for b in budgets.itertuples()],
         "capacity": tables.capacity_rows(inputs.capacity),  # (budget names, rows)
         "power_hosts": tables.power_by_host(cells),
         "power_cells": tables.power_cells(cells),
-        "quantization": records(inputs.quantization),
+        "quantization": tables.quantization(inputs.quantization, findings.BASELINE),
+        "cost_only_models": tables.cost_only_models(cells),
+        "cost_only_reason": COST_ONLY,
+        "quantization_all": records(inputs.quantization),
         "roofline": tables.roofline(cells),
         "leak_checked": checked,
         "leaks": leak_rows,
-        "training": records(final_epochs),
-        "storage_plan_text": inputs.storage_plan_text,
-        "storage_stages": records(inputs.storage_stages),
-        "storage_budget_gb": inputs.storage_budget_gb,
+        "training": tables.by_metric(last_epochs, "model"),
+        "storage_plan": report_inputs.markdown_blocks(inputs.storage_plan_text),
         "failures": tables.failures(cells),
         "environment": environment_rows,
     }
@@ -219,14 +230,15 @@ TABLES_JOB = "page tables"  # beside the figures' names
 
 def context(inputs: ReportInputs, plots_dir: Path | None, workers: int = 1) -> dict:
     """The template's variables: the tables and the figures made side by side in `workers`
-    processes (the figures' PNG and SVG files written into plots_dir)."""
+    processes (the figures' PNG and SVG files written into plots_dir). Rows without a backend
+    (files written before backends were recorded) are of the default one."""
+    inputs = replace(inputs, cells=tables.with_backend(inputs.cells),
+                     quantization=tables.with_backend(inputs.quantization))
     budgets = tables.budgets_per_host(inputs.cells, inputs.capacity, inputs.ram_budgets_gb)
     makers = figure_makers(inputs, tables.ram_fits(inputs.capacity), budgets)
     with_svg = plots_dir is not None and len(inputs.cells) <= SVG_MAX_CELLS
     jobs = {name: drawing(make, with_svg and name in KEY_FIGURES) for name, (_, make) in makers.items()}
-    with plots.spare_grids():
-        made = run_jobs({TABLES_JOB: lambda: page_tables(inputs, budgets), **jobs}, workers,
-                        prepare=lambda: plots.make_spare_grid(plots.panel_count(inputs.cells)))
+    made = run_jobs({TABLES_JOB: lambda: page_tables(inputs, budgets), **jobs}, workers)
     figures = save_figures({name: made[name] for name in jobs}, {name: title for name, (title, _) in makers.items()},
                            plots_dir)
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

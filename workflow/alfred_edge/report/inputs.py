@@ -1,11 +1,12 @@
 """Reading the other stages' outputs the report shows: the quantization eval tables
-(models/<model>/<variant>.eval.parquet), the per-epoch training metrics
-(models/<model>/train_metrics.parquet) and the storage plan. Model and variant come from
-the paths; a table that is missing or unreadable leaves its part of the page empty, with a
-log line."""
+(models/<model>/<variant>.eval.parquet), the training logs (models/<model>/train_metrics.parquet,
+one row per epoch, and train_steps.parquet, one row per logged step) and the storage plan.
+Model and variant come from the paths; a table that is missing or unreadable leaves its part
+of the page empty, with a log line."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -69,7 +70,8 @@ def read_eval_tables(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def read_training(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Per-epoch metrics of every model: one row per (model, epoch), metric columns as the
+    """The training logs of every model (train_metrics.parquet or train_steps.parquet), one
+    row per epoch or logged step, with the model from the path; metric columns as the
     training stage names them ("train/loss", "valid_seen/action_acc", …)."""
     frames = []
     for path in map(Path, paths):
@@ -81,10 +83,63 @@ def read_training(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def read_storage_plan(path: str | Path | None) -> str:
-    """The storage plan's text (Markdown, shown as is), or "" when there is none."""
+    """The storage plan's text (Markdown), or "" when there is none."""
     if path is None or not Path(path).exists():
         return ""
     return Path(path).read_text(errors="replace")
+
+
+INLINE = re.compile(r"(\*\*[^*]+\*\*|`[^`]+`)")
+
+
+def spans(text: str) -> list[tuple[str, str | None]]:
+    """Inline Markdown as (text, style) pieces: **strong**, `code` or plain (None)."""
+    pieces = []
+    for piece in filter(None, INLINE.split(text)):
+        if piece.startswith("**"):
+            pieces.append((piece[2:-2], "strong"))
+        elif piece.startswith("`"):
+            pieces.append((piece[1:-1], "code"))
+        else:
+            pieces.append((piece, None))
+    return pieces
+
+
+def markdown_blocks(text: str) -> list[dict]:
+    """The Markdown the storage plan is written in (headings, paragraphs, pipe tables) as
+    blocks for the template, their text as spans() so that the template escapes every piece:
+    {"kind": "heading" | "paragraph", "spans": …} or {"kind": "table", "header": [spans],
+    "rows": [[spans]]}. The top heading is left out: the page's section names it."""
+    blocks, paragraph = [], []
+
+    def end_paragraph():
+        if paragraph:
+            blocks.append({"kind": "paragraph", "spans": spans(" ".join(paragraph))})
+            paragraph.clear()
+
+    for line in map(str.strip, text.splitlines()):
+        if line.startswith("|"):
+            end_paragraph()
+            cells = [spans(cell.strip()) for cell in line.strip("|").split("|")]
+            if all(re.fullmatch(r":?-+:?", "".join(t for t, _ in cell)) for cell in cells):
+                continue  # the rule under the header
+            if blocks and blocks[-1]["kind"] == "table" and blocks[-1]["open"]:
+                blocks[-1]["rows"].append(cells)
+            else:
+                blocks.append({"kind": "table", "header": cells, "rows": [], "open": True})
+            continue
+        if blocks and blocks[-1]["kind"] == "table":
+            blocks[-1]["open"] = False
+        if line.startswith("#"):
+            end_paragraph()
+            if not line.startswith("# "):
+                blocks.append({"kind": "heading", "spans": spans(line.lstrip("#").strip())})
+        elif line:
+            paragraph.append(line)
+        else:
+            end_paragraph()
+    end_paragraph()
+    return blocks
 
 
 def storage_stages(plan: dict | None) -> pd.DataFrame:

@@ -1,476 +1,390 @@
-"""The report's figures (matplotlib, Agg backend): one panel per host/device, panels in
-host order so that hosts stand side by side, one line per (model, variant) with the same
-colour and marker in every panel. Each function returns a Figure, or None when it has
-no data to draw; `render_png`/`render_svg` turn a Figure into bytes."""
+"""The report's figures (matplotlib, Agg backend), drawn to be read at the page's width: small
+multiples with one row per host · device and one column per model, the variants of a model as
+lines with one colour each in every panel, one legend above the panels; matplotlib's shared
+axes and constrained layout. Each function returns a Figure, or None when it has nothing to
+draw; render() turns a Figure into PNG and SVG bytes."""
 from __future__ import annotations
 
 import io
-import math
-import textwrap
-from contextlib import contextmanager
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import matplotlib.ticker  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from alfred_edge.report.tables import BACKEND, pareto_front  # noqa: E402
 from alfred_edge.variants import VARIANTS  # noqa: E402
 
-MAX_COLUMNS = 4
-PANEL_SIZE = (4.2, 3.2)
-DEFAULT_FEATURES = "mmap"  # series read another way are labelled with it
-MODEL_MARKERS = {"lstm": "o", "transformer": "s"}
-OTHER_MARKERS = "^vD<>ph*"
-GRID_STYLE = {"colors": "#b0b0b0", "linewidths": 0.8, "alpha": 0.3}  # matplotlib's grid, as ax.grid(alpha=0.3) draws it
+# A figure as wide as the page's content (summary.html.j2: 1400 px less the padding) at DPI:
+# shown at 100 % zoom, one pixel of the PNG is one pixel of the screen and its text is 10 pt.
+WIDTH_IN, DPI = 13.3, 100
+MIN_WIDTH_IN = 9.5  # a figure of one column: narrower, still 950 pixels wide
+PANEL_WIDTH_IN = 6.65
+ROW_HEIGHT_IN = 3.0
+HEADER_IN = 0.9  # the title and the legend above the panels
+DASHES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D"]
 OTHER_COLOURS = ["#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+PLAIN = ticker.FuncFormatter(lambda value, _: f"{value:g}")  # 0.5, 20, 300: no mathtext powers
 
 
-def render_png(fig, dpi: int = 80) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
-
-
-def render_svg(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg")
-    return buffer.getvalue()
+def render(fig, with_svg: bool) -> tuple[bytes, bytes | None]:
+    """The figure as PNG and, with_svg, as SVG. Laid out once for both: each savefig would
+    otherwise run constrained layout again (a dry-run draw) before its own."""
+    fig.draw_without_rendering()
+    fig.set_layout_engine("none")
+    files = []
+    for form in ("png", "svg") if with_svg else ("png",):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=form, dpi=DPI)
+        files.append(buffer.getvalue())
+    return files[0], files[1] if with_svg else None
 
 
 def close(fig) -> None:
     plt.close(fig)
 
 
+def text(value, width: int = 40) -> str:
+    """Text from the data in a figure: shortened, and $ escaped so that matplotlib does not
+    read it as mathtext."""
+    value = str(value)
+    return (value if len(value) <= width else value[: width - 1] + "…").replace("$", r"\$")
+
+
+def panel_title(host: str, device: str, model: str) -> str:
+    return " · ".join([text(host, 32), device, text(model, 24)])
+
+
 class Styles:
-    """A fixed colour per variant and marker per model, shared by every panel of a figure."""
+    """Per series, the same in every panel of a figure: the variant's colour, and a line style
+    per value of the other series columns (series: variant, then features and whatever else
+    tells the results table's cells apart), solid for the most common; labels name a value only
+    where it is not the most common."""
 
-    def __init__(self, series: pd.DataFrame):
-        variants = sorted(series["variant"].dropna().unique())
-        models = sorted(series["model"].dropna().unique())
-        extra_colours = iter(OTHER_COLOURS * (1 + len(variants) // len(OTHER_COLOURS)))
-        extra_markers = iter(OTHER_MARKERS * (1 + len(models) // len(OTHER_MARKERS)))
-        self.colour = {v: VARIANTS[v].colour if v in VARIANTS else next(extra_colours) for v in variants}
-        self.marker = {m: MODEL_MARKERS.get(m) or next(extra_markers) for m in models}
-        self.variants = variants
+    def __init__(self, rows: pd.DataFrame, series: list[str]):
+        self.others = series[1:]
+        variants = sorted(rows["variant"].unique(), key=variant_order)
+        extra = iter(OTHER_COLOURS * len(variants))
+        self.colour = {v: VARIANTS[v].colour if v in VARIANTS else next(extra) for v in variants}
+        combos = list(rows.value_counts(self.others, sort=True).index) if self.others else [()]
+        self.common = combos[0]
+        self.dash = {combo: DASHES[index % len(DASHES)] for index, combo in enumerate(combos)}
+        self.marker = {combo: MARKERS[index % len(MARKERS)] for index, combo in enumerate(combos)}
 
-    def kwargs(self, model: str, variant: str, features: str | None = None) -> dict:
-        return {"color": self.colour[variant], "marker": self.marker[model], "label": series_label(model, variant, features)}
+    def legend(self, lines: bool) -> list[Line2D]:
+        """Handles: a variant's colour each, then, where there are several, each other combination
+        of values (named by the columns in which they differ) with its line style and marker."""
+        line = {"lw": 1.5} if lines else {"ls": "none"}
+        handles = [Line2D([], [], color=colour, marker="o", label=variant, **line) for variant, colour in self.colour.items()]
+        if len(self.dash) > 1:
+            differ = [i for i in range(len(self.others)) if len({combo[i] for combo in self.dash}) > 1]
+            handles += [Line2D([], [], color="#555", marker=self.marker[combo], label=" · ".join(str(combo[i]) for i in differ),
+                               **({"ls": self.dash[combo], "lw": 1.5} if lines else {"ls": "none"}))
+                        for combo in self.dash]
+        return handles
 
-    def line_kwargs(self, model: str, variant: str, features: str | None = None) -> dict:
-        """A line: dashed where the features were read into RAM instead of memory-mapped."""
-        return {**self.kwargs(model, variant, features), "ls": "-" if features in (None, DEFAULT_FEATURES) else "--"}
-
-
-def series_label(model: str, variant: str, features: str | None) -> str:
-    suffix = "" if features in (None, DEFAULT_FEATURES) or pd.isna(features) else f" [{features}]"
-    return f"{model} {variant}{suffix}"
-
-
-def panel_keys(cells: pd.DataFrame) -> list[tuple[str, str]]:
-    """(host, device) pairs, host-major, so the panels of one host sit together."""
-    pairs = cells[["host", "device"]].dropna().drop_duplicates()
-    return sorted(map(tuple, pairs.itertuples(index=False)))
-
-
-def panel_title(host: str, device: str, width: int = 44) -> str:
-    """Host names come from the data: shortened, and with $ escaped so that matplotlib
-    does not read them as mathtext."""
-    title = f"{host} · {device}"
-    title = title if len(title) <= width else title[: width - 1] + "…"
-    return title.replace("$", r"\$")
+    def of(self, variant: str, combo: tuple) -> dict:
+        names = [str(value) for value, common in zip(combo, self.common) if value != common]
+        return {"color": self.colour[variant], "ls": self.dash[combo], "marker": self.marker[combo],
+                "label": " · ".join([variant, *names])}
 
 
-_SPARE_GRIDS: dict = {}  # panel count -> a grid made ahead (make_spare_grid), taken by panel_grid
+def variant_order(variant: str) -> tuple:
+    """The registry's order (fp32 first), then others by name."""
+    names = list(VARIANTS)
+    return (names.index(variant), "") if variant in names else (len(names), variant)
 
 
-def make_spare_grid(count: int) -> None:
-    """A grid of `count` panels made ahead, for the next panel_grid(count) to take. Made
-    before the figures' processes fork, each inherits its own unused copy: the Axes of a
-    grid of many panels are much of a figure's cost, paid so once instead of in every figure."""
-    if count:
-        _SPARE_GRIDS[count] = new_panel_grid(count)
-
-
-@contextmanager
-def spare_grids():
-    """Within: spare grids may be made; those left untaken are closed at the end."""
-    try:
-        yield
-    finally:
-        for fig, _ in _SPARE_GRIDS.values():
-            close(fig)
-        _SPARE_GRIDS.clear()
-
-
-def panel_count(cells: pd.DataFrame) -> int:
-    """The panels a figure of every ok cell has: one per host/device."""
-    return len(panel_keys(cells[cells["status"] == "ok"]))
-
-
-def panel_grid(count: int):
-    """A grid of `count` panels: the spare one of that count if not yet taken, else a new one."""
-    return _SPARE_GRIDS.pop(count, None) or new_panel_grid(count)
-
-
-def new_panel_grid(count: int, size=PANEL_SIZE):
-    """A grid of `count` panels. Their axes are not shared by matplotlib: with dozens of
-    panels, every shared autoscale touches every sibling (quadratic in the panels);
-    finish() gives them one range instead."""
-    columns = min(count, MAX_COLUMNS)
-    rows = math.ceil(count / columns)
-    fig = plt.figure(figsize=(size[0] * columns, size[1] * rows + 0.7))
-    grid = fig.add_gridspec(rows, columns)
-    # Only the panels drawn on: a hidden Axes costs as much to make as a shown one.
-    return fig, [fig.add_subplot(grid[index // columns, index % columns]) for index in range(count)]
-
-
-def share_range(axes, axis: str) -> None:
-    """One x or y range over the panels: the union of their own."""
-    lows, highs = zip(*(getattr(ax, f"get_{axis}lim")() for ax in axes))
-    for ax in axes:
-        getattr(ax, f"set_{axis}lim")(min(lows), max(highs))
-
-
-def log_ticks(low: float, high: float, base: int, most: int = 6) -> list[float]:
-    """Tick positions for a log axis from low to high. Base 10: 1-2-5, else 1-3, else 1 times
-    the powers of ten, the first of these giving 3 to `most` ticks; base 2: the powers of 2.
-    Where too many, every k-th; where fewer than two, evenly spaced values. Fixed ticks with
-    plain labels: the default locator makes ticks beyond the view and mathtext labels, which
-    a figure of many panels pays for on every panel."""
-    exponents = range(math.floor(math.log(low, base)), math.ceil(math.log(high, base)) + 1)
-    steps = ((1, 2, 5), (1, 3), (1,)) if base == 10 else ((1,),)
-    for multipliers in steps:
-        ticks = [m * float(base) ** e for e in exponents for m in multipliers]
-        ticks = [t for t in ticks if low * (1 - 1e-9) <= t <= high * (1 + 1e-9)]
-        if 3 <= len(ticks) <= most:
-            return ticks
-    if len(ticks) > most:
-        return ticks[:: math.ceil(len(ticks) / most)]
-    if len(ticks) < 2:
-        ticks = [float(t) for t in matplotlib.ticker.MaxNLocator(3).tick_values(low, high) if low <= t <= high and t > 0]
-    return ticks
-
-
-def axis_ticks(ax, axis: str) -> list[float]:
-    """Tick positions inside the axis's range: log_ticks on a log axis, else at most 4 round values."""
-    low, high = getattr(ax, f"get_{axis}lim")()
-    if getattr(ax, f"get_{axis}scale")() == "log":
-        return log_ticks(low, high, getattr(ax, f"{axis}axis").get_transform().base)
-    values = matplotlib.ticker.MaxNLocator(4, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high)
-    return [float(t) for t in values if low <= t <= high]
-
-
-def grid_and_ticks(ax, axis: str, ticks, labelled: bool) -> None:
-    """Grid lines at `ticks` (one collection), and ticks labelled as plain numbers (no
-    mathtext) where `labelled`; elsewhere no axis drawn at all: a matplotlib Tick is five
-    artists, made and drawn on every panel, and an axis left visible without ticks still
-    places its (empty) label by its siblings' tick labels."""
-    if labelled:
-        getattr(ax, f"{axis}axis").set_minor_locator(matplotlib.ticker.NullLocator())
-        getattr(ax, f"set_{axis}ticks")(ticks, [f"{t:g}" for t in ticks])
-    else:
-        getattr(ax, f"{axis}axis").set_major_locator(matplotlib.ticker.NullLocator())
-        getattr(ax, f"{axis}axis").set_visible(False)
-    if axis == "x":
-        segments, transform = [[(t, 0), (t, 1)] for t in ticks], ax.get_xaxis_transform()
-    else:
-        segments, transform = [[(0, t), (1, t)] for t in ticks], ax.get_yaxis_transform()
-    ax.add_collection(LineCollection(segments, transform=transform, zorder=0.5, **GRID_STYLE), autolim=False)
-
-
-def finish(fig, axes, title: str, xlabel: str, ylabel: str, same_y: bool = True, x_ticks=None) -> None:
-    """Title, shared legend and margins. The panels that hold data share one y range (same_y)
-    and, given x_ticks, one x range with those ticks; a shared axis is labelled on the outer
-    panels only (y on the first panel of each row, x on the lowest of each column), as
-    sharex/sharey do; every panel gets grid lines. Axis names once: y on the first panel,
-    x under the lowest panel of each column."""
-    drawn = [index for index, ax in enumerate(axes) if ax.has_data()]
-    for index in set(range(len(axes))) - set(drawn):  # a panel holding only a note
-        axes[index].set_xticks([])
-        axes[index].set_yticks([])
-    if drawn:
-        if same_y:
-            share_range([axes[index] for index in drawn], "y")
-        if x_ticks is not None:
-            share_range([axes[index] for index in drawn], "x")
-        lowest_in_column = {index % MAX_COLUMNS: index for index in drawn}  # the last of each column wins
-        first_in_row = {}
-        for index in drawn:
-            first_in_row.setdefault(index // MAX_COLUMNS, index)
-        x_labelled = set(lowest_in_column.values()) if x_ticks is not None else set(drawn)
-        y_labelled = set(first_in_row.values()) if same_y else set(drawn)
-        for index in drawn:
-            ax = axes[index]
-            grid_and_ticks(ax, "x", axis_ticks(ax, "x") if x_ticks is None else x_ticks, index in x_labelled)
-            grid_and_ticks(ax, "y", axis_ticks(ax, "y"), index in y_labelled)
-        for index in lowest_in_column.values():
-            axes[index].set_xlabel(xlabel)
-    axes[0].set_ylabel(ylabel)
-    # In the top margin, above the panel titles; wrapped to the figure's width (~10 characters an inch).
-    title = wrap(title, int(fig.get_figwidth() * 10))
-    fig.suptitle(title, fontsize=12, y=1 - 0.08 / fig.get_figheight())
-    first_handle = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            first_handle.setdefault(label, handle)
-    labels = sorted(first_handle)  # by model, then variant, whichever panel shows a series first
-    handles = [first_handle[label] for label in labels]
-    # As many legend columns as fit the figure's width (about 1.7 inches each).
-    columns = max(1, min(len(labels), int(fig.get_figwidth() / 1.7)))
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
-    rows = math.ceil(len(axes) / MAX_COLUMNS)
-    bottom = min(0.45, (0.55 + 0.2 * math.ceil(len(labels) / columns)) / fig.get_figheight()) if labels else 0.08
-    fig.subplots_adjust(left=min(0.15, 0.75 / fig.get_figwidth()), right=0.98, top=1 - (0.5 + 0.2 * title.count("\n")) / fig.get_figheight(), bottom=bottom,
-                        wspace=0.12 if same_y else 0.3, hspace=0.45 if rows > 1 else 0.2)  # room for y labels on every panel
-
-
-def ok_cells(cells: pd.DataFrame, column: str) -> pd.DataFrame:
-    return cells[(cells["status"] == "ok") & cells[column].notna()]
-
-
-def marker_size(points: int) -> float:
-    """Markers on short lines only: on a long sweep they hide the line and slow the drawing."""
-    return 4 if points <= 16 else 0
-
-
-SERIES_KEY = ["host", "device", "model", "variant", "features"]
-
-
-def panels_of(rows: pd.DataFrame, columns: list[str]) -> dict:
-    """{(host, device): [(model, variant, features, rows by batch), …]} from one groupby (not
-    one per panel), in host order; the rows hold batch_size and `columns` only."""
-    rows = rows[SERIES_KEY + ["batch_size", *columns]].fillna({"features": DEFAULT_FEATURES})
+def series_groups(rows: pd.DataFrame, series: list[str], columns: list[str]) -> dict:
+    """{(host, device, model): [(variant, other series values, rows by batch), …]} in one groupby."""
+    rows = rows[["host", "device", "model", *series, "batch_size", *columns]].sort_values("batch_size", kind="stable")
     panels = {}
-    for (host, device, model, variant, features), line in rows.sort_values("batch_size", kind="stable").groupby(
-        SERIES_KEY, sort=True
-    ):
-        panels.setdefault((host, device), []).append((model, variant, features, line))
+    for (host, device, model, variant, *values), line in rows.groupby(["host", "device", "model", *series], sort=True):
+        panels.setdefault((host, device, model), []).append((variant, tuple(values), line))
+    for lines in panels.values():
+        lines.sort(key=lambda entry: (variant_order(entry[0]), entry[1]))
     return panels
 
 
-def batch_ticks(batches) -> list[int]:
-    """The batch axis's ticks: each batch of a short sweep, else powers of 2."""
-    ticks = sorted(set(int(b) for b in batches))
-    return ticks if len(ticks) <= 10 else [int(t) for t in log_ticks(ticks[0], ticks[-1], 2)]
+def width(columns: int) -> float:
+    """A figure's width in inches for `columns` panels side by side."""
+    return min(WIDTH_IN, max(MIN_WIDTH_IN, PANEL_WIDTH_IN * columns))
 
 
-def whisker_line(x, low, high) -> tuple[np.ndarray, np.ndarray]:
-    """Vertical segments from low to high at each x, as one path broken by NaN (a collection
-    transforms each segment on its own, which on a log axis costs far more than one path)."""
-    keep = np.isfinite(high)
-    x, low, high = x[keep], low[keep], high[keep]
-    gap = np.full_like(x, np.nan)
-    return np.column_stack([x, x, gap]).ravel(), np.column_stack([low, high, gap]).ravel()
+def small_multiples(panels, ylabel: str, sharey: bool = True, xlabel: str = "batch size"):
+    """A grid of one row per host · device and one column per model (both from the `panels`
+    keys), titled, with a grid; -> (figure, {(host, device, model): axes})."""
+    rows = sorted({(host, device) for host, device, _ in panels})
+    models = sorted({model for _, _, model in panels})
+    fig, grid = plt.subplots(len(rows), len(models), figsize=(width(len(models)), HEADER_IN + ROW_HEIGHT_IN * len(rows)),
+                             sharex=True, sharey=sharey, squeeze=False, layout="constrained")
+    axes = {}
+    for (host, device), row in zip(rows, grid):
+        for model, ax in zip(models, row):
+            # Placed, not left to matplotlib, which for each panel's title and axis label would
+            # measure every panel sharing the axis (the figure's slowest step): the titles sit above
+            # the axes and the axis labels are the figure's (supxlabel, supylabel).
+            ax.set_title(panel_title(host, device, model), fontsize=10, y=1.0)
+            ax.xaxis.set_label_coords(0.5, 0.0)
+            ax.yaxis.set_label_coords(0.0, 0.5)
+            ax.grid(True, alpha=0.3)
+            axes[(host, device, model)] = ax
+            if (host, device, model) not in panels:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="#777")
+    fig.supxlabel(xlabel, fontsize=10)
+    fig.supylabel(ylabel, fontsize=10)
+    return fig, axes
 
 
-def one_line(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Lines of one style (x, y) as one path broken by NaN: one artist per style and panel,
-    not per line, whose fixed cost outweighs drawing the line."""
-    gap = np.array([np.nan])
-    return tuple(np.concatenate([piece for part in parts for piece in (part[axis], gap)]) for axis in (0, 1))
+def finish(fig, title: str, styles: Styles, lines: bool = True) -> None:
+    """Above the panels, the title over one legend: each variant's colour, then (where the
+    series have other columns, e.g. a second backend) each other value's line style and
+    marker in grey; as the legend's own title, which constrained layout places with it (a
+    suptitle beside an outside legend overlaps it)."""
+    handles = styles.legend(lines)
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 8), frameon=False, fontsize=10,
+               title=title, title_fontproperties={"size": 12})
 
 
-def per_panel_lines(cells, column, title, ylabel, whiskers=False):
-    """One panel per host/device with `column` against batch (log-log), one line per
-    model/variant; with whiskers, from p50 to p90 (thick) and on to p99 (thin)."""
-    rows = ok_cells(cells, column)
-    panels = panels_of(rows, [column, "latency_p90_ms", "latency_p99_ms"] if whiskers else [column])
-    if not panels:
-        return None
-    styles = Styles(rows)
-    fig, axes = panel_grid(len(panels))
-    for ax, ((host, device), series) in zip(axes, panels.items()):
-        whisker_parts = {}  # (variant, line width) -> [(x, y)], drawn as one line each
-        for index, (model, variant, features, line) in enumerate(series):
-            # A small horizontal offset per line keeps whiskers of equal batches apart.
-            x = line["batch_size"].to_numpy(float) * 2 ** ((index - 2) * 0.03)
-            y = line[column].to_numpy(float)
-            ax.plot(x, y, ms=marker_size(len(x)), lw=1.2, **styles.line_kwargs(model, variant, features))
-            if whiskers:
-                p90, p99 = (line[name].to_numpy(float) for name in ("latency_p90_ms", "latency_p99_ms"))
-                whisker_parts.setdefault((variant, 1.2), []).append(whisker_line(x, y, p90))
-                whisker_parts.setdefault((variant, 0.6), []).append(whisker_line(x, np.fmax(y, p90), p99))
-        for (variant, width), parts in whisker_parts.items():
-            ax.plot(*one_line(parts), color=styles.colour[variant], lw=width)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
-    finish(fig, axes, title, "batch", ylabel, x_ticks=batch_ticks(rows["batch_size"]))
-    return fig
+def batch_axis(ax, batches) -> None:
+    """Batch sizes on a log2 axis: each labelled in a short sweep, else the powers of 2."""
+    ax.set_xscale("log", base=2)
+    batches = sorted({int(b) for b in batches})
+    locator = ticker.FixedLocator(batches) if len(batches) <= 6 else ticker.LogLocator(base=2, numticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(PLAIN)
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
 
 
-def latency_figure(cells):
-    return per_panel_lines(
-        cells, "latency_p50_ms", "Episode latency per batch: p50, whiskers to p90 (thick) and p99 (thin)",
-        "latency per batch (ms)", whiskers=True,
-    )
+def log_axis(axis) -> None:
+    """A log axis ticked at 1-2-5 (at most six ticks) with plain labels; no minor ticks, which
+    would cost as much as the rest of a figure of many panels."""
+    axis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5), numticks=6))
+    axis.set_major_formatter(PLAIN)
+    axis.set_minor_locator(ticker.NullLocator())
 
 
-def sample_latency_figure(cells):
-    return per_panel_lines(cells, "sample_latency_p50_ms", "Latency per sample (p50 / batch)", "ms per sample")
+def ok_rows(cells: pd.DataFrame, column: str, series: list[str]) -> pd.DataFrame:
+    """The ok cells with a value of `column`; a series value missing (an older board's file
+    lacks the column) reads "–"."""
+    rows = cells[(cells["status"] == "ok") & cells[column].notna()]
+    return rows.assign(**{c: rows[c].astype(object).fillna("–") for c in series})
 
 
-def throughput_figure(cells):
-    return per_panel_lines(cells, "throughput_samples_per_s", "Throughput", "samples / s")
-
-
-def roofline_figure(cells):
-    return per_panel_lines(
-        cells, "roofline_fraction", "Roofline efficiency (achieved fraction of the bound)", "fraction of bound"
-    )
-
-
-def energy_figure(cells, reasons: dict[str, str]):
-    """Energy per sample against batch; a host without power figures gets its reason in the panel."""
-    keys = panel_keys(cells[cells["status"] == "ok"])
-    if not keys:
-        return None
-    rows = ok_cells(cells, "energy_per_sample_j")
-    panels = panels_of(rows, ["energy_per_sample_j"])
-    styles = Styles(cells[cells["status"] == "ok"])
-    fig, axes = panel_grid(len(keys))
-    for ax, (host, device) in zip(axes, keys):
-        series = panels.get((host, device))
-        ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
-        if not series:
-            reason = reasons.get(host) or "no power readings"
-            ax.text(0.5, 0.5, "power not measured:\n" + wrap(reason, 40), ha="center", va="center",
-                    transform=ax.transAxes, fontsize=8, color="#555")
-            continue
-        for model, variant, features, line in series:
-            ax.plot(line["batch_size"], line["energy_per_sample_j"], ms=marker_size(len(line)), lw=1.2,
-                    **styles.line_kwargs(model, variant, features))
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-    finish(fig, axes, "Energy per sample", "batch", "J per sample", x_ticks=batch_ticks(rows["batch_size"]))
-    return fig
-
-
-def wrap(text: str, width: int) -> str:
-    """At most four lines of `width` characters, $ escaped (text from the data is not mathtext)."""
-    return "\n".join(textwrap.wrap(str(text), width)[:4]).replace("$", r"\$")
-
-
-def ram_figure(cells, fits: pd.DataFrame, budgets: pd.DataFrame):
-    """Peak memory (RSS, plus GPU memory on cuda) against batch, the fitted line of each series (from the capacity rows:
-    host, device, model, variant, features, fit_slope_mb_per_sample, fit_intercept_mb) and
-    the RAM budgets of each host (host, budget, budget_mb)."""
-    rows = ok_cells(cells, "peak_memory_mb")
-    panels = panels_of(rows, ["peak_memory_mb"])
-    if not panels:
-        return None
-    styles = Styles(rows)
-    lines_of = {tuple(fit[:5]): fit[5:] for fit in fits[
-        ["host", "device", "model", "variant", "features", "fit_intercept_mb", "fit_slope_mb_per_sample"]
-    ].itertuples(index=False)}
-    fig, axes = panel_grid(len(panels))
-    for ax, ((host, device), series) in zip(axes, panels.items()):
-        largest_batch = max(float(line["batch_size"].max()) for *_, line in series)
-        xs = np.geomspace(1.0, largest_batch, 24)  # straight lines curve on a log axis
-        fitted = {}  # variant -> [(x, y)], drawn as one line each
-        for model, variant, features, line in series:
-            ax.plot(line["batch_size"], line["peak_memory_mb"], ls="none", ms=4, **styles.kwargs(model, variant, features))
-            if (host, device, model, variant, features) in lines_of:
-                intercept, slope = lines_of[(host, device, model, variant, features)]
-                fitted.setdefault(variant, []).append((xs, intercept + slope * xs))
-        for variant, parts in fitted.items():
-            ax.plot(*one_line(parts), color=styles.colour[variant], lw=0.9, ls="--")
-        peak = max(float(line["peak_memory_mb"].max()) for *_, line in series)
-        draw_budgets(ax, budgets[budgets["host"] == host], peak)
-        ax.set_xscale("log", base=2)
-        ax.set_title(panel_title(host, device), fontsize=10, y=1.0)  # a fixed y skips a costly layout pass
-    finish(fig, axes, "Peak RAM against batch: measured (points), fitted (dashed), budgets (dotted)", "batch",
-           "peak memory (MB)", same_y=False, x_ticks=batch_ticks(rows["batch_size"]))
-    return fig
-
-
-def draw_budgets(ax, budgets: pd.DataFrame, peak_mb: float) -> None:
-    """Budget lines up to the smallest budget above the data; larger ones named in a note,
-    so that a 24 GB host does not flatten a 700 MB curve."""
-    budgets = budgets.sort_values("budget_mb")
-    above = budgets[budgets["budget_mb"] > peak_mb]
-    top = max(peak_mb * 1.25, above["budget_mb"].iloc[0] * 1.08 if len(above) else 0.0)
-    for budget in budgets.itertuples():
-        if budget.budget_mb <= top:
-            ax.axhline(budget.budget_mb, color="#444", lw=0.8, ls=":")
-            ax.text(1, budget.budget_mb, f" {budget.budget}", fontsize=7, va="bottom", color="#444")
-    off_scale = [f"{b.budget} {b.budget_mb / 1e3:.3g} GB" for b in budgets.itertuples() if b.budget_mb > top]
-    if off_scale:
-        ax.text(0.98, 0.97, "off scale: " + ", ".join(off_scale), transform=ax.transAxes, ha="right", va="top",
-                fontsize=7, color="#444")
-    ax.set_ylim(0, top)
-
-
-def accuracy_figure(cells):
-    """Accuracy against batch-1 latency per sample, marker area ∝ file size, per host/device.
-    Points are told apart by colour (variant) and marker (model), as the lines of the other
-    figures are: a variant's name beside each point overlapped its neighbours', and was text
-    to lay out for every point."""
-    rows = ok_cells(cells, "accuracy_valid_seen")
-    rows = rows.loc[(rows["batch_size"] == 1) & rows["sample_latency_p50_ms"].notna(),
-                    SERIES_KEY + ["model_file_mb", "sample_latency_p50_ms", "accuracy_valid_seen"]]
+def lines_figure(cells, series, column, title, ylabel, log_y=True, band=None):
+    """`column` against batch, one line per series; with band (two columns, where the table
+    has them), shaded between them."""
+    rows = ok_rows(cells, column, series)
     if rows.empty:
         return None
-    styles = Styles(rows)
-    groups = rows.groupby(["host", "device"], sort=True)
-    fig, axes = panel_grid(groups.ngroups)
-    largest = float(rows["model_file_mb"].max()) if rows["model_file_mb"].notna().any() else 1.0
-    for ax, ((host, device), panel) in zip(axes, groups):
-        for row in panel.itertuples():
-            size = 30 + 300 * (row.model_file_mb / largest if pd.notna(row.model_file_mb) else 0)
-            ax.plot(row.sample_latency_p50_ms, row.accuracy_valid_seen * 100, ls="none", ms=math.sqrt(size), alpha=0.7,
-                    **styles.kwargs(row.model, row.variant, row.features))
-        ax.set_xlim(left=0)
-        ax.set_title(panel_title(host, device), fontsize=10, y=1.0)
-    finish(fig, axes, "Accuracy against latency (marker area ∝ file size)", "ms per sample at batch 1",
-           "action accuracy, valid_seen (%)")
+    band = band if band and all(c in rows for c in band) else None
+    panels = series_groups(rows, series, [column, *(band or [])])
+    styles = Styles(rows, series)
+    fig, axes = small_multiples(panels, ylabel)
+    for key, lines in panels.items():
+        ax = axes[key]
+        for variant, combo, line in lines:
+            style = styles.of(variant, combo)
+            x, y = line["batch_size"].to_numpy(float), line[column].to_numpy(float)
+            ax.plot(x, y, ms=4 if len(x) <= 16 else 0, lw=1.5, **style)
+            if band:
+                low, high = (line[c].to_numpy(float) for c in band)
+                ax.fill_between(x, low, high, color=style["color"], alpha=0.15, lw=0)
+    for ax in axes.values():
+        batch_axis(ax, rows["batch_size"])
+        if log_y:
+            ax.set_yscale("log")
+            log_axis(ax.yaxis)
+    finish(fig, title, styles)
     return fig
 
 
-def training_figure(curves: pd.DataFrame):
-    """Per model: the loss columns and the accuracy-like columns against epoch."""
-    if curves.empty or "epoch" not in curves:
+def latency_figure(cells, series):
+    return lines_figure(cells, series, "latency_p50_ms", "Latency of one batch of episodes: p50, shaded over its 95 % "
+                        "interval where recorded", "ms per batch", band=("latency_p50_ci_low_ms", "latency_p50_ci_high_ms"))
+
+
+def sample_latency_figure(cells, series):
+    return lines_figure(cells, series, "sample_latency_p50_ms",
+                        "Latency per sample (p50 / batch size; throughput = 1000 / this)", "ms per sample")
+
+
+def energy_figure(cells, series):
+    return lines_figure(cells, series, "energy_per_sample_j",
+                        "Energy per sample (hosts without power readings are left out: see the table)", "J per sample")
+
+
+def roofline_figure(cells, series):
+    return lines_figure(cells, series, "roofline_fraction", "Roofline efficiency: achieved fraction of the bound",
+                        "fraction of the bound", log_y=False)
+
+
+def ram_figure(cells, series, fits: pd.DataFrame, budgets: pd.DataFrame):
+    """Peak memory (RSS, plus GPU memory on cuda) against batch: measured points, the fitted
+    line of each series (the capacity rows' fit_intercept_mb, fit_slope_mb_per_sample; keyed by
+    the series columns they have) over the batches measured, each panel's y axis scaled to its
+    data so that the slope shows; the host's RAM budgets (host, budget, budget_mb) drawn where
+    they fall inside it and named above it otherwise."""
+    rows = ok_rows(cells, "peak_memory_mb", series)
+    if rows.empty:
         return None
-    models = sorted(curves["model"].unique())
-    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 6.2), squeeze=False)
-    for column_index, model in enumerate(models):
-        rows = curves[curves["model"] == model].sort_values("epoch")
-        numeric = [c for c in rows.columns if c not in ("epoch", "model", "seconds")
-                   and pd.api.types.is_numeric_dtype(rows[c]) and rows[c].notna().any()]
-        losses = [c for c in numeric if "loss" in c]
-        scores = [c for c in numeric if c not in losses and rows[c].between(0, 1).all()]
-        for ax, columns, label in ((axes[0, column_index], losses, "loss"), (axes[1, column_index], scores, "score")):
-            for column in columns:
-                ax.plot(rows["epoch"], rows[column], marker="o", ms=3, label=column)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            ax.set_ylabel(label)
+    panels = series_groups(rows, series, ["peak_memory_mb"])
+    styles = Styles(rows, series)
+    fit_key = ["host", "device", "model", *[c for c in series if c in fits]]
+    fitted = {tuple(key): line for key, line in
+              zip(fits[fit_key].itertuples(index=False), fits[["fit_intercept_mb", "fit_slope_mb_per_sample"]].to_numpy())}
+    fig, axes = small_multiples(panels, "peak memory (MB)", sharey=False)
+    for (host, device, model), lines in panels.items():
+        ax = axes[(host, device, model)]
+        for variant, combo, line in lines:
+            style = styles.of(variant, combo)
+            ax.plot(line["batch_size"], line["peak_memory_mb"], ms=5, **style | {"ls": "none"})
+            values = dict(zip(series[1:], combo)) | {"variant": variant}
+            fit = fitted.get((host, device, model, *[values[c] for c in fit_key[3:]]))
+            if fit is not None:
+                xs = np.geomspace(line["batch_size"].min(), line["batch_size"].max(), 16)
+                ax.plot(xs, fit[0] + fit[1] * xs, color=style["color"], lw=1, ls="--")
+        ax.margins(y=0.15)
+        draw_budgets(ax, budgets[budgets["host"] == host])
+        batch_axis(ax, rows["batch_size"])
+    finish(fig, "Peak memory against batch: measured (points), fitted line (dashed), RAM budgets", styles, lines=False)
+    return fig
+
+
+def draw_budgets(ax, budgets: pd.DataFrame) -> None:
+    low, high = ax.get_ylim()
+    above = []
+    for budget in budgets.sort_values("budget_mb").itertuples():
+        if budget.budget_mb > high:
+            above.append(f"{text(budget.budget, 20)} {budget.budget_mb / 1e3:.3g} GB")
+        elif budget.budget_mb >= low:
+            ax.axhline(budget.budget_mb, color="#444", lw=0.8, ls=":")
+            ax.annotate(f" {text(budget.budget, 20)}", (0, budget.budget_mb), xycoords=("axes fraction", "data"),
+                        fontsize=8, va="bottom", color="#444")
+    if above:
+        ax.text(0.01, 0.97, "budgets above: " + ", ".join(above), transform=ax.transAxes, va="top", fontsize=8,
+                color="#444")
+    ax.set_ylim(low, high)
+
+
+def accuracy_figure(cells, series):
+    """Per model and host · device: valid_seen accuracy against latency per sample at batch 1,
+    one labelled point per series (variant, backend, …), the Pareto front marked."""
+    rows = ok_rows(cells, "accuracy_valid_seen", series)
+    rows = rows[(rows["batch_size"] == 1) & rows["sample_latency_p50_ms"].notna()]
+    if rows.empty:
+        return None
+    panels = series_groups(rows, series, ["sample_latency_p50_ms", "accuracy_valid_seen"])
+    styles = Styles(rows, series)
+    fig, axes = small_multiples(panels, "action accuracy, valid_seen (%)", sharey=False, xlabel="ms per sample at batch 1")
+    for key, lines in panels.items():
+        tradeoff_panel(axes[key], pd.concat([line for *_, line in lines]), "sample_latency_p50_ms", styles, series)
+    finish(fig, f"Accuracy against latency per sample at batch 1 ({FRONT})", styles, lines=False)
+    return fig
+
+
+def size_figure(cells, series):
+    """Per model: valid_seen accuracy against the size of the model's file, one labelled point
+    per variant and backend (a file is the same on every host), the Pareto front marked."""
+    series = [c for c in series if c in ("variant", BACKEND)]  # the others (features) read the same file
+    rows = ok_rows(cells, "accuracy_valid_seen", series)
+    rows = rows[rows["model_file_mb"].notna()].drop_duplicates(["model", *series])
+    if rows.empty:
+        return None
+    models = sorted(rows["model"].unique())
+    fig, grid = plt.subplots(1, len(models), figsize=(width(len(models)), HEADER_IN + ROW_HEIGHT_IN), squeeze=False,
+                             layout="constrained")
+    styles = Styles(rows, series)
+    for model, ax in zip(models, grid[0]):
+        tradeoff_panel(ax, rows[rows["model"] == model], "model_file_mb", styles, series)
+        ax.set_title(text(model, 24), fontsize=10)
+        ax.grid(True, alpha=0.3)
+    fig.supxlabel("model file (MB)", fontsize=10)
+    fig.supylabel("action accuracy, valid_seen (%)", fontsize=10)
+    finish(fig, f"Accuracy against file size ({FRONT})", styles, lines=False)
+    return fig
+
+
+FRONT = "filled, named and joined: the Pareto front, which no other point beats on both; hollow: beaten"
+
+
+def tradeoff_panel(ax, points: pd.DataFrame, cost: str, styles: Styles, series: list[str]) -> None:
+    """Accuracy (%) against `cost` on a log axis, a point per row; the points of the Pareto
+    front filled, named and joined by a step line, the others hollow (the legend tells them)."""
+    front = pareto_front(points, cost)
+    ax.plot(front[cost], front["accuracy_valid_seen"] * 100, color="#999", lw=3, alpha=0.5, zorder=1,
+            drawstyle="steps-post")
+    for index, point in points.iterrows():
+        style = styles.of(point["variant"], tuple(point[c] for c in series[1:]))
+        x, y = point[cost], point["accuracy_valid_seen"] * 100
+        if index in front.index:
+            ax.plot(x, y, ms=7, zorder=3, **style | {"ls": "none"})
+            ax.annotate(style["label"], (x, y), xytext=(5, 3), textcoords="offset points", fontsize=8)
+        else:
+            ax.plot(x, y, ms=6, zorder=2, mfc="none", **style | {"ls": "none"})
+    ax.set_xscale("log")
+    log_axis(ax.xaxis)
+    ax.margins(x=0.12, y=0.1)  # room for the names right of the points
+
+
+def training_figure(epochs: pd.DataFrame, steps: pd.DataFrame):
+    """Per model: the training loss at every logged step and the validation loss after each
+    epoch (top), the validation action accuracy after each epoch (bottom), against the epochs
+    done; a model without a step log (trained before it was written) shows its epochs only."""
+    if epochs.empty or "epoch" not in epochs:
+        return None
+    models = sorted(epochs["model"].unique())
+    fig, grid = plt.subplots(2, len(models), figsize=(width(len(models)), HEADER_IN + 2 * ROW_HEIGHT_IN),
+                             sharex="col", squeeze=False, layout="constrained")
+    for (top, bottom), model in zip(grid.T, models):
+        done = epochs[epochs["model"] == model].sort_values("epoch")
+        logged = steps[steps["model"] == model] if "model" in steps else steps
+        if not logged.empty:
+            progress = logged["epoch"] - 1 + logged["step"] / logged["steps_in_epoch"]
+            top.plot(progress, logged["train/loss"], lw=1.5, marker=".", ms=4, label="train (mean since the last point)")
+        elif "train/loss" in done:
+            top.plot(done["epoch"], done["train/loss"], marker="o", label="train (per epoch: no step log)")
+        for column in (c for c in done.columns if c.endswith("/loss") and c != "train/loss"):
+            top.plot(done["epoch"], done[column], marker="s", ms=6, ls="--", label=column)
+        for column in (c for c in done.columns if c.endswith("/action_acc")):
+            bottom.plot(done["epoch"], done[column] * 100, marker="s", ms=6, label=column)
+        top.set_title(text(model), fontsize=11)
+        top.set_ylabel("loss")
+        bottom.set_ylabel("action accuracy (%)")
+        bottom.set_xlabel("epochs done")
+        bottom.set_xlim(left=0)
+        for ax in (top, bottom):
             ax.grid(True, alpha=0.3)
-            if columns:
-                ax.legend(fontsize=7)
-        axes[0, column_index].set_title(model, y=1.0)
-    fig.suptitle("Training curves")
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.09, hspace=0.35, wspace=0.25)
+            if ax.has_data():
+                ax.legend(fontsize=8)
+    fig.suptitle("Training: loss at each logged step and after each epoch, validation accuracy", fontsize=12)
     return fig
 
 
 def storage_figure(stages: pd.DataFrame, budget_gb: float | None):
-    """Bars of the planned size of each stage (raw → subset → store → …) against the budget."""
+    """Bars of the planned size of each stage (raw → store → models → total), each labelled
+    with its size, against the budget: on a log axis, as the stages span several powers of
+    ten below the budget (a linear one would draw all but the largest as no bar at all)."""
     if stages.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.barh(stages["stage"], stages["size_gb"], color="#4c72b0")
+    fig, ax = plt.subplots(figsize=(MIN_WIDTH_IN, 0.8 + 0.42 * len(stages)), layout="constrained")
+    sizes = stages["size_gb"].clip(lower=1e-6)
+    start = sizes.min() / 10  # where the bars start: a log axis has no 0
+    ax.set_xscale("log")
+    bars = ax.barh(stages["stage"], sizes - start, left=start, color="#4c72b0")
+    ax.bar_label(bars, [f" {size:.3g} GB" for size in stages["size_gb"]], fontsize=9)
     if budget_gb:
         ax.axvline(budget_gb, color="#c44", ls="--", lw=1)
-        ax.text(budget_gb, -0.6, f" budget {budget_gb:g} GB", color="#c44", fontsize=8)
+        ax.annotate(f"budget {budget_gb:g} GB ", (budget_gb, 1.0), xycoords=("data", "axes fraction"), ha="right",
+                    va="top", color="#c44", fontsize=9)
     ax.invert_yaxis()
-    ax.set_xlabel("GB (1e9 bytes)")
+    ax.set_xlim(start, max(sizes.max(), budget_gb or 0) * 4)
+    ax.set_xlabel("GB (1e9 bytes), log scale")
     ax.grid(True, axis="x", alpha=0.3)
-    fig.suptitle("Storage plan against the budget")
-    fig.subplots_adjust(left=0.2, right=0.97, top=0.87, bottom=0.16)
+    ax.set_title("Storage plan against the budget", fontsize=12)
     return fig

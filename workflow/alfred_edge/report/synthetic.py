@@ -44,10 +44,19 @@ JETSON = Host(
 )
 
 
+COST_ONLY_MODEL = "lstm_alfred_size"  # random weights at ALFRED's sizes: slower, no accuracy
+
+# Per variant, on CPU: latency and file size against fp32's, and the accuracy change in points
+# (the runtimes issue's variants too, which the registry may not have yet).
+VARIANT_COSTS = {"fp32": (1.0, 1.0, 0.0), "int8_dynamic": (0.45, 0.27, -0.4), "fp16": (1.6, 0.5, 0.0),
+                 "bf16": (1.3, 0.5, -0.1), "int8_static": (0.35, 0.26, -0.9), "lowrank": (0.7, 0.55, -0.6),
+                 "pruned": (0.6, 0.5, -1.2), "lowrank+int8_dynamic": (0.3, 0.15, -1.0)}
+
+
 def latency_ms(host: Host, device: str, model: str, variant: str, batch: int) -> float:
     """Episode-batch latency: grows sublinearly with the batch, faster for int8 on CPU and on CUDA."""
-    base = {"lstm": 420.0, "transformer": 260.0}.get(model, 300.0) * host.speed
-    factor = {"fp32": 1.0, "int8_dynamic": 0.45, "fp16": 1.6, "bf16": 1.3}.get(variant, 1.0)
+    base = {"lstm": 420.0, "transformer": 260.0, COST_ONLY_MODEL: 1300.0}.get(model, 300.0) * host.speed
+    factor = VARIANT_COSTS.get(variant, (1.0,))[0]
     if device == "cuda":
         factor = {"fp16": 0.05, "bf16": 0.06}.get(variant, 0.08)
     return base * factor * (1 + 0.28 * (batch - 1))
@@ -70,10 +79,13 @@ def cell_row(host: Host, device: str, model: str, variant: str, batch: int, rng,
         "settings_digest": "3f2a9c0d1b2e4f56", "settings_json": "{}", "wall_time_s": 12.0,
         "model": model, "variant": variant, "features": "mmap", "batch_size": batch, "observed_batch_size": batch,
         "steps_per_episode": steps, "model_file_mb": (184.0 if model == "lstm" else 12.0)
-        * {"fp32": 1.0, "int8_dynamic": 0.27, "fp16": 0.5, "bf16": 0.5}.get(variant, 1.0),
+        * VARIANT_COSTS.get(variant, (1.0, 1.0))[1],
         "load_time_ms": 900.0, "cold_batch_ms": p50 * 1.8, "iterations": iterations, "loop_wall_s": iterations * p50 / 1e3,
         "latency_mean_ms": p50 * 1.02, "latency_std_ms": p50 * 0.04, "latency_min_ms": p50 * 0.95,
-        "latency_p50_ms": p50, "latency_p90_ms": p50 * 1.08, "latency_p95_ms": p50 * 1.12, "latency_p99_ms": p50 * 1.2,
+        "latency_p50_ms": p50, "latency_p50_ci_low_ms": p50 * 0.97, "latency_p50_ci_high_ms": p50 * 1.04,
+        "latency_p50_ci_half_width": 0.035, "flag_ci_wide": False, "load_avg_before": 0.4, "load_avg_after": 1.2,
+        "flag_busy_host": False, "workload": "expert", "architecture": model, "cost_only": False,
+        "latency_p90_ms": p50 * 1.08, "latency_p95_ms": p50 * 1.12, "latency_p99_ms": p50 * 1.2,
         "latency_max_ms": p50 * 1.3, "latency_iqr_ms": p50 * 0.05, "step_latency_p50_ms": p50 / steps,
         "sample_latency_p50_ms": p50 / batch, "throughput_samples_per_s": batch * 1e3 / p50,
         "throughput_steps_per_s": batch * steps * 1e3 / p50, "flag_low_n_p90": iterations < 64,
@@ -109,8 +121,9 @@ def write(table: str, row_or_rows, path: Path) -> None:
 
 def write_host(bench_dir: Path, host: Host, seed: int = 0) -> int:
     """Write every cell of a host (the last batch of fp16 on cuda as an OOM, bf16 on cuda
-    skipped, one CPU cell with an error message holding HTML), its capacity and roofline
-    rows. Returns the number of cell files."""
+    skipped, one CPU cell with an error message holding HTML, lstm fp16's last batch on CPU
+    measured on a busy host without reaching its interval's target), its capacity and
+    roofline rows. Returns the number of cell files."""
     rng = np.random.default_rng(seed)
     when = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.timezone.utc)
     paths, rows = [], []
@@ -127,6 +140,9 @@ def write_host(bench_dir: Path, host: Host, seed: int = 0) -> int:
                         row = failure(row, "oom", EVIL_ERROR)
                     elif device == "cpu" and model == "transformer" and variant == "bf16" and batch == 8:
                         row = failure(row, "error", "RuntimeError: <bf16> kernel missing for 'aten::_lstm' & co")
+                    elif device == "cpu" and model == "lstm" and variant == "fp16" and batch == max(host.batches):
+                        row.update(flag_busy_host=True, load_avg_before=3.1, flag_ci_wide=True,
+                                   latency_p50_ci_half_width=0.09)
                     paths.append(bench_dir / host.folder / "cells" / model / variant / device / "mmap" / f"b{batch}.parquet")
                     rows.append(row)
                 write_capacity(bench_dir, host, device, model, variant)
@@ -152,16 +168,17 @@ def write_capacity(bench_dir: Path, host: Host, device: str, model: str, variant
 
 
 def write_model_tables(models_dir: Path, models=("lstm", "transformer"),
-                       variants=VARIANT_NAMES) -> tuple[list[Path], list[Path]]:
+                       variants=VARIANT_NAMES) -> tuple[list[Path], list[Path], list[Path]]:
     """Eval tables (one row, as alfred_edge.quantize.eval_table writes it; bf16 of the
-    transformer unavailable) and training metrics (one row per epoch, as alfred_edge.train)."""
-    evals, trains = [], []
+    transformer unavailable) and training logs (one row per epoch, and one per logged step of
+    30 an epoch, as alfred_edge.train writes them). -> (eval, epoch, step tables)."""
+    evals, epoch_logs, step_logs = [], [], []
     for model in models:
         fp32_mb = 184.0 if model == "lstm" else 12.0
         for index, variant in enumerate(variants):
             path = models_dir / model / f"{variant}.eval.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
-            ratio = {"int8_dynamic": 0.27, "fp16": 0.5, "bf16": 0.5}.get(variant, 1.0)
+            ratio = VARIANT_COSTS.get(variant, (1.0, 1.0))[1]
             accuracy = 0.93 - 0.004 * index
             row = {"model": model, "variant": variant, "status": "ok", "reason": "",
                    "file_size_bytes": fp32_mb * ratio * 1e6, "file_size_mb": fp32_mb * ratio, "size_ratio": ratio,
@@ -176,12 +193,23 @@ def write_model_tables(models_dir: Path, models=("lstm", "transformer"),
         epochs = np.arange(1, 4)
         path = models_dir / model / "train_metrics.parquet"
         pq.write_table(pa.table({
-            "epoch": epochs, "train/loss": 2.0 / epochs, "seconds": 30.0 * epochs,
+            "epoch": epochs, "train/loss": 2.0 / epochs, "train_seconds": 30.0 * epochs,
             "valid_seen/loss": 2.2 / epochs, "valid_unseen/loss": 2.4 / epochs,
             "valid_seen/action_acc": 0.6 + 0.1 * epochs, "valid_unseen/action_acc": 0.55 + 0.1 * epochs,
+            "eval_seconds": 5.0 * epochs,
         }), path)
-        trains.append(path)
-    return evals, trains
+        epoch_logs.append(path)
+        step = np.tile(np.arange(1, 31), 3)
+        epoch = np.repeat(epochs, 30)
+        progress = epoch - 1 + step / 30
+        path = models_dir / model / "train_steps.parquet"
+        pq.write_table(pa.table({
+            "epoch": epoch, "step": step, "steps_in_epoch": np.full(90, 30), "samples": 8 * np.arange(1, 91),
+            "train/loss": 2.0 / (0.5 + progress) + np.random.default_rng(len(model)).normal(0, 0.05, 90),
+            "seconds": progress * 30.0,
+        }), path)
+        step_logs.append(path)
+    return evals, epoch_logs, step_logs
 
 
 STORAGE_PLAN = """# Storage plan (budget 16 GB)
@@ -194,3 +222,45 @@ STORAGE_PLAN = """# Storage plan (budget 16 GB)
 | models | 0.40 |
 | results | 0.01 |
 """
+
+
+# Latency per backend against eager PyTorch's, and the file each runs (ONNX beside the .pt).
+BACKENDS = {"eager": (1.0, "", 1.0), "onnxruntime": (0.55, "CPUExecutionProvider", 1.02)}
+
+
+def runtime_results(host: Host, variants=("fp32", "int8_dynamic", "int8_static", "lowrank", "pruned",
+                                          "lowrank+int8_dynamic"), backends=tuple(BACKENDS), seed: int = 0):
+    """A results table (its columns, plus backend and provider) of lstm, transformer and the
+    cost-only COST_ONLY_MODEL with the runtimes issue's variants on two backends, host.batches
+    on CPU, and the eval rows beside it (with backend; the cost-only model's without accuracy).
+    Made as rows, not files: until the results table records the backend, aggregation drops
+    it. -> (cells, evals) as DataFrames."""
+    from alfred_edge.report import aggregate
+    from alfred_edge.variants import COST_ONLY
+
+    rng, when = np.random.default_rng(seed), dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.timezone.utc)
+    cells, evals = [], []
+    for model in ("lstm", "transformer", COST_ONLY_MODEL):
+        cost_only = model == COST_ONLY_MODEL
+        for variant in variants:
+            speed, size, change = VARIANT_COSTS[variant]
+            for backend, (backend_speed, provider, backend_size) in BACKENDS.items():
+                if backend not in backends:
+                    continue
+                accuracy = None if cost_only else {"lstm": 0.93, "transformer": 0.88}[model] + change / 100
+                file_mb = {"lstm": 18.4, "transformer": 12.0}.get(model, 460.0) * size * backend_size
+                for batch in host.batches:
+                    row = cell_row(host, "cpu", model, variant, batch, rng, when)
+                    for column in ("latency_p50_ms", "latency_p50_ci_low_ms", "latency_p50_ci_high_ms",
+                                   "sample_latency_p50_ms"):
+                        row[column] *= backend_speed
+                    row.update(throughput_samples_per_s=batch * 1e3 / row["latency_p50_ms"], backend=backend,
+                               provider=provider or None, cost_only=cost_only, model_file_mb=file_mb,
+                               accuracy_valid_seen=accuracy, accuracy_valid_unseen=accuracy and accuracy - 0.05)
+                    cells.append(row)
+                evals.append({"model": model, "variant": variant, "backend": backend, "status": "ok",
+                              "reason": COST_ONLY if cost_only else "", "file_size_mb": file_mb, "size_ratio": size,
+                              "accuracy_valid_seen": accuracy, "accuracy_valid_unseen": accuracy and accuracy - 0.05})
+    schema = aggregate.results_schema().append(pa.field("backend", pa.string())).append(pa.field("provider", pa.string()))
+    table = pa.Table.from_pylist(cells, schema=schema)
+    return table.to_pandas(types_mapper=aggregate.nullable_type), pa.Table.from_pylist(evals).to_pandas()

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from alfred_edge.variants import COST_ONLY
+
 ENVIRONMENT_COLUMNS = [
     "device_name", "platform", "os", "python_version", "cpu_model", "cpu_cores_logical", "cpu_cores_physical",
     "cpu_governor", "ram_total_mb", "torch_version", "cuda_version", "cudnn_version", "num_threads",
@@ -61,9 +63,9 @@ def fits_budgets(row, host_budgets: list[tuple[str, float]]) -> str:
     return ", ".join(name for name, budget_mb in host_budgets if budget_mb >= row["peak_memory_mb"])
 
 
-def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows no other row beats on both latency (lower) and accuracy (higher)."""
-    rows = rows.sort_values(["sample_latency_p50_ms", "accuracy_valid_seen"], ascending=[True, False])
+def pareto_front(rows: pd.DataFrame, cost: str = "sample_latency_p50_ms") -> pd.DataFrame:
+    """Rows no other row beats on both `cost` (lower: latency, file size) and accuracy (higher)."""
+    rows = rows.sort_values([cost, "accuracy_valid_seen"], ascending=[True, False])
     best, front = -np.inf, []
     for index, accuracy in zip(rows.index, rows["accuracy_valid_seen"]):
         if accuracy > best:
@@ -72,40 +74,75 @@ def pareto_front(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.loc[front]
 
 
+# The runtime of a row whose file has no backend column (written before backends were
+# recorded): eager PyTorch, the only one there was.
+BACKEND, DEFAULT_BACKEND = "backend", "eager"
+
+
+def with_backend(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its backend column filled: DEFAULT_BACKEND where it is absent or null."""
+    if frame.empty and not len(frame.columns):
+        return frame
+    backend = frame[BACKEND].astype(object) if BACKEND in frame else pd.Series(None, index=frame.index, dtype=object)
+    return frame.assign(**{BACKEND: backend.fillna(DEFAULT_BACKEND).astype(str)})
+
+
+def variant_names(rows: pd.DataFrame) -> pd.Series:
+    """Each row's variant, followed by its backend where that is not the default one
+    ("int8_dynamic · onnxruntime"): what tells its cells apart in a sentence or a card."""
+    other = rows[BACKEND] != DEFAULT_BACKEND
+    return rows["variant"].astype(str).where(~other, rows["variant"].astype(str) + " · " + rows[BACKEND])
+
+
+def cost_only_models(cells: pd.DataFrame) -> list[str]:
+    """The models whose rows say cost_only (random weights: their cost is real, they have no accuracy)."""
+    if "cost_only" not in cells:
+        return []
+    return sorted(cells.loc[cells["cost_only"].fillna(False).astype(bool), "model"].dropna().unique())
+
+
 def headline(cells: pd.DataFrame, budgets: pd.DataFrame) -> list[dict]:
-    """Per host/device: fastest at batch 1, highest throughput, the accuracy/latency front."""
+    """Per host/device: fastest at batch 1, highest throughput, the accuracy/latency front,
+    and each cost-only model's fastest variant at batch 1 (its cost, without an accuracy)."""
     result = []
-    columns = ["host", "device", "device_name", "model", "variant", "batch_size", "sample_latency_p50_ms",
+    columns = ["host", "device", "device_name", "model", "variant", BACKEND, "batch_size", "sample_latency_p50_ms",
                "throughput_samples_per_s", "accuracy_valid_seen", "peak_memory_mb"]
     budgets_of = {host: list(zip(rows["budget"], rows["budget_mb"])) for host, rows in budgets.groupby("host")}
-    for (host, device), panel in ok(cells)[columns].groupby(["host", "device"], sort=True):
+    rows = ok(cells)
+    rows = rows[columns].assign(name=variant_names(rows), cost_only=rows["model"].isin(cost_only_models(cells)))
+    for (host, device), panel in rows.groupby(["host", "device"], sort=True):
         host_budgets = budgets_of.get(host, [])
-        entry = {"host": host, "device": device, "device_name": fmt(panel["device_name"].dropna().iloc[0])
-                 if panel["device_name"].notna().any() else "–"}
+
+        def card_row(row, value: str) -> dict:
+            name = f"{row['model']} {row['name']}"
+            return {"cell": f"{name} ({COST_ONLY})" if row["cost_only"] else name, "value": value,
+                    "budgets": fits_budgets(row, host_budgets)}
+
+        entry = {"host": host, "device": device, "fastest": None, "throughput": None,
+                 "device_name": fmt(panel["device_name"].dropna().iloc[0]) if panel["device_name"].notna().any() else "–"}
         batch1 = panel[(panel["batch_size"] == 1) & panel["sample_latency_p50_ms"].notna()]
         if not batch1.empty:
             row = batch1.loc[batch1["sample_latency_p50_ms"].idxmin()]
-            entry["fastest"] = {"cell": f"{row['model']} {row['variant']}",
-                                "value": f"{fmt(row['sample_latency_p50_ms'])} ms per sample",
-                                "budgets": fits_budgets(row, host_budgets)}
+            entry["fastest"] = card_row(row, f"{fmt(row['sample_latency_p50_ms'])} ms per sample")
         with_throughput = panel[panel["throughput_samples_per_s"].notna()]
         if not with_throughput.empty:
             row = with_throughput.loc[with_throughput["throughput_samples_per_s"].idxmax()]
-            entry["throughput"] = {"cell": cell_name(row),
-                                   "value": f"{fmt(row['throughput_samples_per_s'])} samples/s",
-                                   "budgets": fits_budgets(row, host_budgets)}
+            entry["throughput"] = card_row(row, f"{fmt(row['throughput_samples_per_s'])} samples/s at batch "
+                                                f"{int(row['batch_size'])}")
         scored = batch1[batch1["accuracy_valid_seen"].notna()]
-        entry["front"] = [
-            {"cell": f"{row['model']} {row['variant']}",
-             "value": f"{fmt(row['accuracy_valid_seen'] * 100)} % at {fmt(row['sample_latency_p50_ms'])} ms",
-             "budgets": fits_budgets(row, host_budgets)}
-            for row in pareto_front(scored).to_dict("records")
-        ]
+        entry["front"] = [card_row(row, f"{fmt(row['accuracy_valid_seen'] * 100)} % at "
+                                        f"{fmt(row['sample_latency_p50_ms'])} ms per sample")
+                          for row in pareto_front(scored).to_dict("records")]
+        costs = batch1[batch1["cost_only"]]
+        entry["cost_only"] = [card_row(row, f"{fmt(row['sample_latency_p50_ms'])} ms per sample, "
+                                            f"{fmt(row['peak_memory_mb'])} MB peak; no accuracy ({COST_ONLY})")
+                              for row in costs.loc[costs.groupby("model")["sample_latency_p50_ms"].idxmin()]
+                              .to_dict("records")]
         result.append(entry)
     return result
 
 
-SERIES = ["host", "device", "model", "variant", "features"]
+SERIES = ["host", "device", "model", "variant", "features"]  # a capacity row's series
 
 
 def ram_fits(capacity: pd.DataFrame) -> pd.DataFrame:
@@ -214,3 +251,41 @@ def environments(cells: pd.DataFrame) -> tuple[list[str], list[dict]]:
     rows.append({"field": "ts_utc", "values": [f"{times.at[host, 'min']} … {times.at[host, 'max']}"
                                                if pd.notna(times.at[host, "min"]) else "–" for host in hosts]})
     return hosts, rows
+
+
+# The eval table's columns in the page's table, with their headers (the rest are behind
+# "every column"); accuracies are shown in %.
+QUANTIZATION_COLUMNS = {"model": "model", "variant": "variant", BACKEND: "backend", "status": "status",
+                        "file_size_mb": "file MB", "size_ratio": "file / fp32", "accuracy_valid_seen": "accuracy valid_seen %",
+                        "accuracy_valid_unseen": "accuracy valid_unseen %", "reason": "reason"}
+
+
+def quantization(evals: pd.DataFrame, baseline: str) -> tuple[list[str], list[list[str]]]:
+    """One row per (model, variant, backend): file size, accuracy on each split and its change
+    on valid_seen against the model's `baseline` variant on the default backend (points),
+    status and reason; a cost-only model's accuracies say so."""
+    if evals.empty:
+        return [], []
+    shown = [c for c in QUANTIZATION_COLUMNS if c in evals]
+    seen = evals.get("accuracy_valid_seen", pd.Series(np.nan, index=evals.index))
+    is_base = (evals["variant"] == baseline) & (evals[BACKEND] == DEFAULT_BACKEND)
+    base = dict(zip(evals["model"][is_base], seen[is_base]))
+    header = [QUANTIZATION_COLUMNS[c] for c in shown] + [f"Δ valid_seen vs {baseline} (points)"]
+    rows = []
+    for index, record in zip(evals.index, evals[shown].to_dict("records")):
+        cost_only = record.get("reason") == COST_ONLY
+        values = [COST_ONLY if cost_only and column.startswith("accuracy_")
+                  else fmt(value * 100 if column.startswith("accuracy_") and value is not None else value)
+                  for column, value in record.items()]
+        change = (seen[index] - base.get(record["model"], np.nan)) * 100
+        rows.append(values + ["–" if pd.isna(change) else f"{change:+.2f}"])
+    return header, rows
+
+
+def by_metric(frame: pd.DataFrame, key: str) -> tuple[list[str], list[list[str]]]:
+    """A table with one column per value of `key` and one row per other column: narrow
+    where the frame has many columns and few rows (the last epoch of each model)."""
+    if frame.empty:
+        return [], []
+    keys = list(frame[key])
+    return ["", *map(str, keys)], [[column, *map(fmt, frame[column])] for column in frame.columns if column != key]
