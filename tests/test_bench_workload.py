@@ -103,6 +103,22 @@ def test_the_expert_workload_feeds_the_gold_actions_and_decodes_the_experts_mask
     assert "chosen_actions" not in workload.info()
 
 
+def test_the_work_recorded_is_one_pass_over_the_pool_however_long_the_loop_runs():
+    """A variant whose loop gets through more batches records the same mask_fraction: that of
+    the pool (the loop's first pass), not of the batches it happened to run."""
+    workload = workloads.make_workload({"model": "fake", "device": "cpu", "workload": "expert"}, 4, 5)
+    workload.load()
+    workload.prepare()
+    pool = torch.cat([interact[:, :5] for *_, interact in workload.inputs])
+    first = workload.inputs[0][4][:, :5]
+    assert workload.batches_per_pass == 2 and first.float().mean() != pool.float().mean()
+    workload.start_timing()
+    for _ in range(3):  # a pass and a half: the first batch twice
+        workload.run_batch()
+    assert workload.info()["mask_fraction"] == pytest.approx(pool.float().mean().item())
+    assert (workload.steps, workload.step_rows) == (2 * 5, 2 * 5 * 4)
+
+
 def test_the_policy_workload_feeds_the_models_actions_and_decodes_the_masks_they_need():
     workload, steps = _recorded_decode("policy")
     interacts = torch.arange(12) % 2 == 1  # fake_batches' interaction actions

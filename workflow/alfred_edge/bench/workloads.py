@@ -265,6 +265,7 @@ class EpisodeWorkload:
         self.observed_batch_size = None
         self.mask_rows = self.step_rows = self.mask_steps = self.steps = 0
         self.chosen_actions: list[int] = []
+        self._batches_timed, self._counting = 0, True
 
     def load(self) -> None:
         self.model = self._load_model(self.device)
@@ -287,17 +288,19 @@ class EpisodeWorkload:
         self._next = 0
 
     def start_timing(self) -> None:
-        """From here on, the counters cover the timed loop alone, from the pool's first batch:
-        whole passes, each batch as often as the others."""
+        """From here on, the timed loop, from the pool's first batch. The work counters (masks,
+        steps, chosen actions) cover its first pass over the pool: the work is the pool's,
+        equal for every variant, however many batches a variant's loop gets through."""
         self.encode_times_s.clear()
         self.mask_rows = self.step_rows = self.mask_steps = self.steps = 0
         self.chosen_actions = []
-        self._next = 0
+        self._next = self._batches_timed = 0
 
     @torch.inference_mode()
     def run_batch(self) -> None:
         lang, lang_lengths, frames, actions, interact = self.inputs[self._next]
-        first_pass = len(self.chosen_actions) < self.batches_per_pass * self.batch_size * self.steps_per_episode
+        self._counting = self._batches_timed < self.batches_per_pass
+        self._batches_timed += 1
         self._next = (self._next + 1) % self.batches_per_pass
         start = time.perf_counter()
         state = self.model.encode(lang, lang_lengths)
@@ -311,7 +314,7 @@ class EpisodeWorkload:
                 prev_action, with_mask = None, self.choose_masks
             logits, mask, state = self.model.step(state, frames[:, t], prev_action, with_mask=with_mask)
             self._check(logits, mask, t)
-            if not expert and first_pass:
+            if not expert and self._counting:
                 self.chosen_actions += logits.argmax(1).tolist()
 
     def _check(self, logits, mask, t: int) -> None:
@@ -323,10 +326,11 @@ class EpisodeWorkload:
                                  f"{tuple(logits.shape)} and mask_logits "
                                  f"{None if mask is None else tuple(mask.shape)} (expected [{B},V] and "
                                  f"[n,1,300,300], n <= {B} the rows that decode a mask)")
-        self.mask_rows += mask.shape[0]
-        self.step_rows += B
-        self.mask_steps += mask.shape[0] > 0
-        self.steps += 1
+        if self._counting:
+            self.mask_rows += mask.shape[0]
+            self.step_rows += B
+            self.mask_steps += mask.shape[0] > 0
+            self.steps += 1
 
     def info(self) -> dict:
         info = {"observed_batch_size": self.observed_batch_size, "distinct_episodes": self.distinct_episodes,
