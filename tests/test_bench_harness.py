@@ -46,12 +46,15 @@ def test_spread_compares_each_latency_with_its_own_pool_batch():
     assert harness.latency_stats(noisy, noisy.sum(), 1, 1, pass_length=2)["flag_wide_spread"]
 
 
-def test_the_loop_ends_on_a_whole_pass_over_the_pool_unless_capped():
+def test_the_loop_ends_on_a_whole_pass_over_the_pool_and_the_cap_after_the_first_pass():
     settings = harness.LoopSettings(min_iterations=5, min_duration_s=0, max_duration_s=10, warmup_iterations=0)
     assert len(harness.timed_loop(lambda: None, lambda: None, settings, pass_length=4).latencies_s) == 8
     assert len(harness.timed_loop(lambda: None, lambda: None, settings, pass_length=1).latencies_s) == 5
-    capped = harness.LoopSettings(min_iterations=1, min_duration_s=0, max_duration_s=0.05, warmup_iterations=0)
-    assert 1 <= len(harness.timed_loop(lambda: time.sleep(0.01), lambda: None, capped, pass_length=1000).latencies_s) < 20
+    capped = harness.LoopSettings(min_iterations=100, min_duration_s=0, max_duration_s=0.05, warmup_iterations=0)
+    # a pass longer than the cap is finished: the work a cell records is its first pass's
+    assert len(harness.timed_loop(lambda: time.sleep(0.01), lambda: None, capped, pass_length=8).latencies_s) == 8
+    # past the first pass the cap ends the loop, whatever the count
+    assert 3 <= len(harness.timed_loop(lambda: time.sleep(0.01), lambda: None, capped, pass_length=3).latencies_s) < 20
 
 
 def test_latencies_sum_to_the_loop_wall_time_even_for_an_identity_model():

@@ -70,7 +70,8 @@ def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: Lo
     """Run `run` until settings.min_iterations and settings.min_duration_s are reached, the
     count is a whole number of passes (`pass_length` iterations: every batch of the
     workload's pool as often as the others) and the p50's interval is as narrow as
-    settings.ci_half_width asks, or settings.max_duration_s has passed, whatever the count.
+    settings.ci_half_width asks, or settings.max_duration_s has passed and the first pass is
+    done (the work a cell records is that pass's: the pool's, equal for every variant).
     Iterations are timed back to back: the clock
     reading that ends one iteration (after the device is synchronised) starts the next, so
     the loop's own bookkeeping and `after_iteration` (e.g. an RSS reading, a few µs) count in
@@ -89,7 +90,7 @@ def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: Lo
         cpu_stamps.append(cpu_clock())
         elapsed = stamps[-1] - stamps[0]
         count = len(stamps) - 1
-        if elapsed >= max_ns:
+        if elapsed >= max_ns and count >= pass_length:
             break
         if count >= settings.min_iterations and elapsed >= min_ns and count % pass_length == 0 and (
                 settings.ci_half_width is None or half_width_ratio(np.diff(stamps)) <= settings.ci_half_width):
