@@ -17,7 +17,9 @@ from alfred_edge.code_digest import CodeIndex
 from alfred_edge.models.sizes import architecture_name
 
 # A model set to null is left out: a config file layered on config.yaml cannot delete a key.
-config["models"] = {name: entry for name, entry in config["models"].items() if entry is not None}
+config["models"] = {
+    name: entry for name, entry in config["models"].items() if entry is not None
+}
 validate(config, schema="../schemas/config.schema.yaml")
 
 CODE_INDEX = CodeIndex(Path(workflow.basedir) / "workflow")
