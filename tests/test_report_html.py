@@ -514,7 +514,7 @@ def test_the_tradeoff_view_has_a_point_per_variant_and_backend_and_fills_the_par
         hollow = {expected[xy] for xy, face in drawn.items() if face == "none"}
         assert hollow == beaten(points, cost) and 0 < len(hollow) < len(points)
         named = {text.get_text() for text in ax.texts}  # the front's points, by variant and (not eager) backend
-        assert named == {p.variant if p.backend == "eager" else f"{p.variant} · {p.backend}"
+        assert named == {p.variant if p.backend == "eager" else f"{p.variant} · {p.backend} · {p.provider}"
                          for i, p in points.iterrows() if i not in hollow}
     plots.close(fig)
 
@@ -526,7 +526,7 @@ def test_a_cost_only_model_shows_its_cost_and_says_untrained_where_an_accuracy_w
     headline = source[source.index('<h2 id="headline">'):source.index('<h2 id="latency">')]
     at1 = cells[(cells["model"] == model) & (cells["batch_size"] == 1)]
     fastest = at1.loc[at1["sample_latency_p50_ms"].idxmin()]
-    assert (f"<td>{model} {fastest['variant']} · {fastest['backend']} (untrained: cost only)</td>"
+    assert (f"<td>{model} {fastest['variant']} · {fastest['backend']} · {fastest['provider']} (untrained: cost only)</td>"
             f"<td>{tables.fmt(fastest['sample_latency_p50_ms'])} ms per sample, "
             f"{tables.fmt(fastest['peak_memory_mb'])} MB peak; no accuracy (untrained: cost only)</td>") in headline
     assert sentence(sentences, f"{model} int8_dynamic against fp32: no accuracy (untrained: cost only)")
@@ -545,6 +545,6 @@ def test_the_findings_compare_each_backend_with_eager_fp32(runtimes):
     cells, page = runtimes
     at1 = cells[(cells["model"] == "lstm") & (cells["batch_size"] == 1)].set_index(["variant", "backend"])
     speedup = at1.at[("fp32", "eager"), "sample_latency_p50_ms"] / at1.at[("fp32", "onnxruntime"), "sample_latency_p50_ms"]
-    found = sentence(findings(page), "lstm fp32 · onnxruntime against fp32:")
-    assert found.startswith("lstm fp32 · onnxruntime against fp32: accuracy 93 % (+0.00 points), file 18.8 MB (1.02×)")
+    found = sentence(findings(page), "lstm fp32 · onnxruntime · cpu against fp32:")
+    assert found.startswith("lstm fp32 · onnxruntime · cpu against fp32: accuracy 93 % (+0.00 points), file 18.8 MB (1.02×)")
     assert f"{speedup:.2f}× as fast on laptop · cpu" in found

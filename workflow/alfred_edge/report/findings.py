@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from alfred_edge.report.tables import BACKEND, fmt, pareto_front, variant_names
+from alfred_edge.report.tables import BACKEND, PROVIDER, fmt, pareto_front, variant_names
 from alfred_edge.variants import COST_ONLY
 
 BASELINE = "fp32"  # the trained model as it is (alfred_edge.variants): what every variant is compared with
@@ -271,9 +271,9 @@ CAPACITY_COLUMNS = ["host", "device", "model", "variant", "budget_name", "budget
 def findings(cells: pd.DataFrame, series: list[str], capacity_rows: pd.DataFrame, evals: pd.DataFrame,
              budgets: pd.DataFrame, power_reasons: dict) -> list[Finding]:
     """Every question's finding that has a sentence. A variant on another backend than the
-    default one is a variant of its own here ("fp32 · onnxruntime"), compared with fp32 as
+    default one is a variant of its own here ("fp32 · onnxruntime · cpu"), compared with fp32 as
     the others are."""
-    series = [c for c in series if c != BACKEND]
+    series = [c for c in series if c not in (BACKEND, PROVIDER)]
     columns = dict.fromkeys(c for c in CELL_COLUMNS + OPTIONAL_COLUMNS + series if c in cells)
     named = cells.loc[cells["status"] == "ok"]
     all_ok = other_series_named(named[list(columns)].assign(variant=variant_names(named)), series)

@@ -171,9 +171,9 @@ def log_axis(axis) -> None:
 
 def ok_rows(cells: pd.DataFrame, column: str, series: list[str]) -> pd.DataFrame:
     """The ok cells with a value of `column`; a series value missing (an older board's file
-    lacks the column) reads "–"."""
+    lacks the column, or has it empty) reads "–"."""
     rows = cells[(cells["status"] == "ok") & cells[column].notna()]
-    return rows.assign(**{c: rows[c].astype(object).fillna("–") for c in series})
+    return rows.assign(**{c: rows[c].astype(object).fillna("–") if c in rows else "–" for c in series})
 
 
 def lines_figure(cells, series, column, title, ylabel, log_y=True, band=None):

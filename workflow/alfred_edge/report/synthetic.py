@@ -225,16 +225,14 @@ STORAGE_PLAN = """# Storage plan (budget 16 GB)
 
 
 # Latency per backend against eager PyTorch's, and the file each runs (ONNX beside the .pt).
-BACKENDS = {"eager": (1.0, "", 1.0), "onnxruntime": (0.55, "CPUExecutionProvider", 1.02)}
+BACKENDS = {"eager": (1.0, "torch", 1.0), "onnxruntime": (0.55, "cpu", 1.02)}
 
 
 def runtime_results(host: Host, variants=("fp32", "int8_dynamic", "int8_static", "lowrank", "pruned",
                                           "lowrank+int8_dynamic"), backends=tuple(BACKENDS), seed: int = 0):
-    """A results table (its columns, plus backend and provider) of lstm, transformer and the
-    cost-only COST_ONLY_MODEL with the runtimes issue's variants on two backends, host.batches
-    on CPU, and the eval rows beside it (with backend; the cost-only model's without accuracy).
-    Made as rows, not files: until the results table records the backend, aggregation drops
-    it. -> (cells, evals) as DataFrames."""
+    """A results table of lstm, transformer and the cost-only COST_ONLY_MODEL with the runtimes
+    issue's variants on two backends, host.batches on CPU, and the eval rows beside it (with
+    backend; the cost-only model's without accuracy). -> (cells, evals) as DataFrames."""
     from alfred_edge.report import aggregate
     from alfred_edge.variants import COST_ONLY
 
@@ -255,12 +253,11 @@ def runtime_results(host: Host, variants=("fp32", "int8_dynamic", "int8_static",
                                    "sample_latency_p50_ms"):
                         row[column] *= backend_speed
                     row.update(throughput_samples_per_s=batch * 1e3 / row["latency_p50_ms"], backend=backend,
-                               provider=provider or None, cost_only=cost_only, model_file_mb=file_mb,
+                               provider=provider, cost_only=cost_only, model_file_mb=file_mb,
                                accuracy_valid_seen=accuracy, accuracy_valid_unseen=accuracy and accuracy - 0.05)
                     cells.append(row)
                 evals.append({"model": model, "variant": variant, "backend": backend, "status": "ok",
                               "reason": COST_ONLY if cost_only else "", "file_size_mb": file_mb, "size_ratio": size,
                               "accuracy_valid_seen": accuracy, "accuracy_valid_unseen": accuracy and accuracy - 0.05})
-    schema = aggregate.results_schema().append(pa.field("backend", pa.string())).append(pa.field("provider", pa.string()))
-    table = pa.Table.from_pylist(cells, schema=schema)
+    table = pa.Table.from_pylist(cells, schema=aggregate.results_schema())
     return table.to_pandas(types_mapper=aggregate.nullable_type), pa.Table.from_pylist(evals).to_pandas()

@@ -77,6 +77,7 @@ def pareto_front(rows: pd.DataFrame, cost: str = "sample_latency_p50_ms") -> pd.
 # The runtime of a row whose file has no backend column (written before backends were
 # recorded): eager PyTorch, the only one there was.
 BACKEND, DEFAULT_BACKEND = "backend", "eager"
+PROVIDER = "provider"  # the backend's execution provider: part of a runtime's name, like the backend
 
 
 def with_backend(frame: pd.DataFrame) -> pd.DataFrame:
@@ -88,10 +89,14 @@ def with_backend(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def variant_names(rows: pd.DataFrame) -> pd.Series:
-    """Each row's variant, followed by its backend where that is not the default one
-    ("int8_dynamic · onnxruntime"): what tells its cells apart in a sentence or a card."""
-    other = rows[BACKEND] != DEFAULT_BACKEND
-    return rows["variant"].astype(str).where(~other, rows["variant"].astype(str) + " · " + rows[BACKEND])
+    """Each row's variant, followed by its backend and provider where the backend is not the
+    default one ("int8_dynamic · onnxruntime · cpu"; ONNX Runtime has several providers on a
+    GPU): what tells its cells apart in a sentence or a card."""
+    runtime = " · " + rows[BACKEND].astype(str)
+    if PROVIDER in rows:
+        runtime = runtime + (" · " + rows[PROVIDER].astype(str)).where(rows[PROVIDER].notna(), "")
+    variant = rows["variant"].astype(str)
+    return variant.where(rows[BACKEND] == DEFAULT_BACKEND, variant + runtime)
 
 
 def cost_only_models(cells: pd.DataFrame) -> list[str]:
