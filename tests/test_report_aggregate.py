@@ -178,3 +178,21 @@ def test_a_damaged_file_among_many_is_read_alone_and_the_others_in_bulk(two_host
     is_damaged = rows["source_file"] == str(damaged.relative_to(bench))
     assert is_damaged.sum() == 1 and rows[is_damaged]["status"].item() == "error"
     pd.testing.assert_frame_equal(rows[~is_damaged].reset_index(drop=True), good)
+
+
+def test_each_cell_gets_the_accuracy_of_its_own_backends_eval_table(tmp_path):
+    """int8_dynamic's eager and onnxruntime builds are evaluated apart: each cell joins its own
+    backend's table; a cell file without a backend (an older board's) is eager's."""
+    bench, models = tmp_path / "bench", tmp_path / "models" / "lstm"
+    models.mkdir(parents=True)
+    for name, accuracy in (("int8_dynamic.eval.parquet", 0.9), ("int8_dynamic.onnxruntime.eval.parquet", 0.8)):
+        pd.DataFrame({"accuracy_valid_seen": [accuracy]}).to_parquet(models / name)
+    for host, backend in (("a", "eager"), ("b", "onnxruntime"), ("old", None)):
+        path = bench / host / "cells" / "b1.parquet"
+        path.parent.mkdir(parents=True)
+        columns = {"host": [host], "device": ["cpu"], "model": ["lstm"], "variant": ["int8_dynamic"],
+                   "batch_size": [1], "status": ["ok"], **({"backend": [backend]} if backend else {})}
+        pq.write_table(pa.table(columns), path)
+    rows = aggregate.aggregate(discover.bench_files(bench), bench, sorted(models.glob("*.eval.parquet")))
+    accuracy = rows.to_pandas().set_index("host")["accuracy_valid_seen"]
+    assert accuracy.to_dict() == {"a": 0.9, "b": 0.8, "old": 0.9}

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from alfred_edge.atomic import write_parquet
 from alfred_edge.bench import schema as bench_schema
 from alfred_edge.report import discover, inputs
+from alfred_edge.report.tables import DEFAULT_BACKEND
 
 log = logging.getLogger("alfred_edge.report")
 
@@ -193,15 +194,15 @@ def read_cache(cache_path: str | Path, schema: pa.Schema) -> pa.Table:
     return expected.empty_table()
 
 
+ACCURACY_KEY = ["model", "variant", "backend"]
+
+
 def read_accuracy(eval_files: Iterable[str | Path]) -> pd.DataFrame:
-    """(model, variant) → teacher-forced action accuracy on valid_seen and valid_unseen, from
-    models/<model>/<variant>.eval.parquet (model and variant taken from the path)."""
-    rows = []
-    for path in map(Path, eval_files):
-        model, variant = inputs.model_and_variant(path)
-        row = {"model": model, "variant": variant, **inputs.accuracy_by_split(path)}
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["model", "variant", "accuracy_valid_seen", "accuracy_valid_unseen"])
+    """(model, variant, backend) → teacher-forced action accuracy on valid_seen and
+    valid_unseen, from models/<model>/<variant>[.<backend>].eval.parquet (the key from the path)."""
+    rows = [dict(zip(ACCURACY_KEY, inputs.eval_key(path)), **inputs.accuracy_by_split(path))
+            for path in map(Path, eval_files)]
+    return pd.DataFrame(rows, columns=[*ACCURACY_KEY, "accuracy_valid_seen", "accuracy_valid_unseen"])
 
 
 def newest_per_cell(cells: pd.DataFrame) -> pd.DataFrame:
@@ -218,9 +219,11 @@ def aggregate(cell_files, bench_dir, eval_files=(), cache_path=None) -> pa.Table
     cells = read_tables(cell_files, bench_dir, schema, cache_path).to_pandas(types_mapper=nullable_type)
     accuracy = read_accuracy(eval_files)
     if not accuracy.empty and not cells.empty:
-        joined = cells.drop(columns=list(accuracy.columns[2:])).merge(
-            accuracy.astype({"model": "string", "variant": "string"}), on=["model", "variant"], how="left"
-        )
+        # a cell file written before backends were recorded is eager's
+        key = cells[ACCURACY_KEY].astype("string").fillna({"backend": DEFAULT_BACKEND})
+        joined = cells.drop(columns=list(accuracy.columns[3:])).join(
+            key.merge(accuracy.astype({c: "string" for c in ACCURACY_KEY}), on=ACCURACY_KEY, how="left")
+            .drop(columns=ACCURACY_KEY).set_axis(cells.index))
         cells = joined[schema.names]
     cells = newest_per_cell(cells)
     return pa.Table.from_pandas(cells, schema=schema, preserve_index=False)

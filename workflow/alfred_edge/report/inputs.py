@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from alfred_edge.data.dataset import VALID_SPLITS
+from alfred_edge.report.tables import DEFAULT_BACKEND
 
 log = logging.getLogger("alfred_edge.report")
 
@@ -49,20 +50,23 @@ def accuracy_by_split(path: str | Path) -> dict:
     return result
 
 
-def model_and_variant(path: Path) -> tuple[str, str]:
-    return path.parent.name, path.name.removesuffix(".eval.parquet")
+def eval_key(path: Path) -> tuple[str, str, str]:
+    """(model, variant, backend) of models/<model>/<variant>[.<backend>].eval.parquet: the eager
+    backend's tables have no suffix (variant names hold no dot)."""
+    variant, _, backend = path.name.removesuffix(".eval.parquet").partition(".")
+    return path.parent.name, variant, backend or DEFAULT_BACKEND
 
 
 def read_eval_tables(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Every eval table's row, in the columns EVAL_COLUMNS it has (model and variant from
-    the path)."""
+    """Every eval table's row, in the columns EVAL_COLUMNS it has (model, variant and backend
+    from the path)."""
     frames = []
     for path in map(Path, paths):
         frame = read_parquet(path)
         if frame.empty:
             continue
-        model, variant = model_and_variant(path)
-        frames.append(frame.assign(model=model, variant=variant))
+        model, variant, backend = eval_key(path)
+        frames.append(frame.assign(model=model, variant=variant, backend=backend))
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True, sort=False)
