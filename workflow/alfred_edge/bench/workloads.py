@@ -23,7 +23,8 @@
 A cell decodes a pool of the split's first EPISODE_POOL episodes (B of them, when B is larger),
 B at a time, batch after batch in turn: iterations at batch 1, 2, 4 and 8 decode the same 8
 episodes, so their per-sample latencies compare the batch size, not which episodes (and how
-many masks) each happened to get. The timed loop ends on a whole pass over the pool.
+many masks) each happened to get. The timed loop ends on a whole pass over the pool (or at
+its time cap once one pass is done), and the work a cell records is that first pass's.
 
 Each step's outputs are checked against the requested batch size: a batch that silently
 stayed fixed (the manual runs' failure) becomes a BatchSizeError, not a number.
