@@ -120,3 +120,18 @@ def test_an_lstm_loaded_on_cuda_packs_each_encoder_direction_into_its_own_buffer
         expected = model.encode(batch["lang"], batch["lang_lengths"])["enc"]
         assert torch.equal(loaded.encode(batch["lang"], batch["lang_lengths"])["enc"], expected)
     assert len(packed) == 2  # once, at load: not on every encode
+
+
+def test_loading_an_lstm_file_imports_no_compiler(tmp_path):
+    """A benchmark process loads one model file: building the skeleton on the meta device must
+    run no op there (an op on a meta tensor imports torch._dynamo, seconds per process)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "lstm.pt"
+    save_model(tiny_model("lstm"), path)
+    code = ("import sys; from alfred_edge.models import load_model; "
+            f"model = load_model({str(path)!r}); print('torch._dynamo' in sys.modules, "
+            "model.dec.mask_dec.conv3_weight is not None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]  # no compiler imported, and the inference form folded after the load

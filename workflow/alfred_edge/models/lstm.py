@@ -166,7 +166,11 @@ class MaskDecoder(nn.Module):
     @torch.no_grad()
     def fold(self) -> None:
         """Derive the inference form's weights from the parameters (in float32 where they
-        are in a lower precision, then stored in theirs)."""
+        are in a lower precision, then stored in theirs). Not on the meta device (a model
+        skeleton before its weights are assigned, whose post-load hook folds): an op on a meta
+        tensor imports torch._dynamo, seconds in every process that loads a model file."""
+        if self.dconv3.weight.is_meta:
+            return
         for name, conv, bn in (("conv3", self.dconv3, self.bn2), ("conv2", self.dconv2, self.bn1)):
             weight, bias = fold_batchnorm(conv.weight, conv.bias, bn)
             setattr(self, f"{name}_weight", fold_upsampling(weight).to(conv.weight.dtype))
