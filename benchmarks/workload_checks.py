@@ -65,6 +65,14 @@ def main() -> None:
     met = ~ok["flag_ci_wide"].astype(bool)
     print(f"cells with a p50 interval: {with_ci.sum()} of {len(ok)}; within the half-width target: {met.sum()} "
           f"({met.mean():.0%}, goal >= 90 %); busy host flagged: {ok['flag_busy_host'].astype(bool).sum()}")
+    if "host_other_cpu_cores" in ok:
+        other = ok["host_other_cpu_cores"].dropna()
+        print(f"other processes' CPU during the loops: median {other.median():.2f}, max {other.max():.2f} cores")
+    wide = ok[ok["flag_ci_wide"].astype(bool)]
+    for row in wide.itertuples():
+        width = "none" if pd.isna(row.latency_p50_ci_half_width) else f"{row.latency_p50_ci_half_width:.1%}"
+        print(f"    wide: {row.model} {row.variant} {row.backend} {row.features} b{row.batch_size}: "
+              f"{row.iterations} iterations in {row.loop_wall_s:.1f} s, half-width {width}")
 
     ram = ok[ok["features"] == "ram"]
     for row in ram.itertuples():

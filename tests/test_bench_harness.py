@@ -68,6 +68,76 @@ def test_latencies_sum_to_the_loop_wall_time_even_for_an_identity_model():
     assert result.latencies_s.mean() < 50e-6
 
 
+def test_the_interval_check_is_timed_apart_from_the_iterations(monkeypatch):
+    """The p50 interval is checked at the end of each pass (a bootstrap); its time goes to
+    no iteration's latency."""
+    def slow_check(samples, pass_length=1):
+        time.sleep(0.02)
+        return float("inf")
+
+    monkeypatch.setattr(harness, "half_width_ratio", slow_check)
+    settings = harness.LoopSettings(min_iterations=1, min_duration_s=0, max_duration_s=0.3, warmup_iterations=0,
+                                    ci_half_width=0.05)
+    result = harness.timed_loop(lambda: None, lambda: None, settings, pass_length=2)
+    assert len(result.latencies_s) >= 6
+    assert result.latencies_s.max() < 0.01
+    assert result.latencies_s.sum() < 0.5 * result.loop_wall_s
+
+
+def test_p50_interval_leaves_out_how_the_pools_batches_differ():
+    """A pool of four episode batches 1x to 4x as long, each timed with a little noise: the
+    interval is that noise's, not the batches' spread, and it narrows with more passes."""
+    rng = np.random.default_rng(5)
+
+    def passes(n):
+        return np.tile([10.0, 20.0, 30.0, 40.0], n) * rng.normal(1, 0.02, 4 * n)
+
+    few, many = passes(4), passes(40)
+    for latencies in (few, many):
+        low, high = harness.median_interval(latencies, pass_length=4)
+        assert low <= np.median(latencies) <= high
+    assert harness.half_width_ratio(few, 4) < 0.05
+    assert harness.half_width_ratio(many, 4) < harness.half_width_ratio(few, 4)
+    assert harness.half_width_ratio(many, 1) > 0.1  # the same latencies as one sample: the batches' spread
+    assert harness.median_interval(passes(3), pass_length=4) is None  # 3 latencies of each batch: too few
+
+
+def test_p50_interval_covers_the_median_about_as_often_as_it_says():
+    """95 % intervals of a pool of 8 lognormal batches, 4 latencies of each (the fewest
+    allowed): over 300 cells the median of the batches' mixture is inside in at least 85 %
+    (a percentile bootstrap of a median covers less than nominal at so few samples; without
+    the variance correction, 80 %)."""
+    rng = np.random.default_rng(11)
+    scale = 1 + 0.3 * np.arange(8)
+    truth = np.median((rng.lognormal(0, 0.12, (50_000, 8)) * scale).ravel())
+    covered = [low <= truth <= high for low, high in
+               (harness.median_interval((rng.lognormal(0, 0.12, (4, 8)) * scale).ravel(), 8) for _ in range(300))]
+    assert np.mean(covered) >= 0.85
+
+
+def test_a_host_is_busy_when_other_processes_take_the_cores_the_cell_needs():
+    """Another process spinning on a core during the loop: its CPU time is counted as other
+    work, and with the cell's threads on every core the host is flagged busy."""
+    import subprocess
+    import sys
+
+    spinner = subprocess.Popen([sys.executable, "-c", "import sys; print(flush=True)\nwhile True: pass"],
+                               stdout=subprocess.PIPE)
+    try:
+        spinner.stdout.readline()  # it has started
+        tracker = harness.HostLoadTracker(threads=os.cpu_count())
+        tracker.start()
+        time.sleep(0.5)
+        tracker.stop(None)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    columns = tracker.columns()
+    assert columns["host_other_cpu_cores"] > 0.5
+    assert columns["flag_busy_host"]
+    assert set(columns) == {"load_avg_before", "load_avg_after", "host_other_cpu_cores", "flag_busy_host"}
+
+
 def test_latency_stats_units_percentiles_and_flags():
     lat_s = np.arange(1, 101) * 1e-3              # 1..100 ms
     stats = harness.latency_stats(lat_s, loop_wall_s=5.2, batch_size=4, steps_per_episode=10)

@@ -26,6 +26,10 @@ WORKLOADS = ("expert", "policy")  # what an episode decoding feeds back; see wor
 LOW_N_P90 = 64     # MLPerf LoadGen's early-stopping floors
 LOW_N_P99 = 662
 WIDE_SPREAD = 0.10  # IQR / median (torch.utils.benchmark's "system fluctuation" warning)
+RESAMPLES = 500     # bootstrap resamples of the p50 interval (each check runs them: milliseconds)
+MIN_SAMPLES = 6     # latencies before a p50 interval is given ...
+MIN_PER_BATCH = 4   # ... and of each of the pool's batches (fewer: a within-batch resample is too coarse)
+BUSY_TOLERANCE_CORES = 0.25  # other processes' CPU (cores) below which a host is not called busy
 
 
 class BatchSizeError(RuntimeError):
@@ -72,31 +76,36 @@ def timed_loop(run: Callable[[], object], sync: Callable[[], None], settings: Lo
     workload's pool as often as the others) and the p50's interval is as narrow as
     settings.ci_half_width asks, or settings.max_duration_s has passed and the first pass is
     done (the work a cell records is that pass's: the pool's, equal for every variant).
-    Iterations are timed back to back: the clock
-    reading that ends one iteration (after the device is synchronised) starts the next, so
-    the loop's own bookkeeping and `after_iteration` (e.g. an RSS reading, a few µs) count in
-    the latencies rather than vanishing between them, and the latencies sum to the loop's
-    wall time (an identity model's latency is then the harness's whole overhead)."""
+    Iterations are timed back to back: the clock reading that ends one iteration (after the
+    device is synchronised) starts the next, so the loop's own bookkeeping and
+    `after_iteration` (e.g. an RSS reading, a few µs) count in the latencies rather than
+    vanishing between them. The one exception is the interval check at the end of a pass
+    (a bootstrap: milliseconds), whose time no iteration gets; the latencies then sum to the
+    loop's wall time less those checks (harness_gap_fraction)."""
     min_ns, max_ns = settings.min_duration_s * 1e9, settings.max_duration_s * 1e9
     wall_clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
     loop_start = wall_clock()
     sync()
-    stamps, cpu_stamps = [wall_clock()], [cpu_clock()]
+    latencies, cpu_times = [], []
+    first = start = wall_clock()
+    cpu_start = cpu_clock()
     while True:
         run()
         sync()
         after_iteration()
-        stamps.append(wall_clock())
-        cpu_stamps.append(cpu_clock())
-        elapsed = stamps[-1] - stamps[0]
-        count = len(stamps) - 1
+        end, cpu_end = wall_clock(), cpu_clock()
+        latencies.append(end - start)
+        cpu_times.append(cpu_end - cpu_start)
+        start, cpu_start = end, cpu_end
+        elapsed, count = end - first, len(latencies)
         if elapsed >= max_ns and count >= pass_length:
             break
-        if count >= settings.min_iterations and elapsed >= min_ns and count % pass_length == 0 and (
-                settings.ci_half_width is None or half_width_ratio(np.diff(stamps)) <= settings.ci_half_width):
-            break
+        if count >= settings.min_iterations and elapsed >= min_ns and count % pass_length == 0:
+            if settings.ci_half_width is None or half_width_ratio(latencies, pass_length) <= settings.ci_half_width:
+                break
+            start, cpu_start = wall_clock(), cpu_clock()
     loop_wall_ns = wall_clock() - loop_start
-    return LoopResult(np.diff(stamps) * 1e-9, loop_wall_ns * 1e-9, np.diff(cpu_stamps) * 1e-9)
+    return LoopResult(np.array(latencies) * 1e-9, loop_wall_ns * 1e-9, np.array(cpu_times) * 1e-9)
 
 
 class Tracker:
@@ -136,25 +145,39 @@ def tracked_loop(workload, settings: LoopSettings, trackers: list[Tracker]) -> N
             tracker.stop(loop)
 
 
-def median_interval(samples, confidence: float = 0.95) -> tuple[float, float] | None:
-    """A distribution-free confidence interval of the median: the order statistics x(j) and
-    x(n+1-j) with j the largest rank that the binomial(n, 1/2) law of the count below the
-    median leaves at most (1 - confidence) / 2 below (Conover, Practical Nonparametric
-    Statistics, 3.2). None with too few samples for the confidence (fewer than 6 at 95 %)."""
-    values = np.sort(np.asarray(samples, dtype=float))
-    n, tail = len(values), (1 - confidence) / 2
-    below, j = 0.0, 0
-    while j < n:
-        below += math.comb(n, j) / 2.0 ** n  # P(count <= j)
-        if below > tail:
-            break
-        j += 1
-    return None if j == 0 else (float(values[j - 1]), float(values[n - j]))
+def median_interval(samples, pass_length: int = 1, confidence: float = 0.95) -> tuple[float, float] | None:
+    """A confidence interval of the median latency of a cell whose iteration i decodes the
+    pool's batch i % pass_length: a stratified percentile bootstrap (Efron & Tibshirani, An
+    Introduction to the Bootstrap, 6.2 and 13.3) that resamples each batch's latencies among
+    themselves. The pool is fixed by design (the same episodes for every variant), so how its
+    batches differ is not noise; an interval over the latencies as one sample would count it
+    as such, and would narrow only over many passes. None until every batch has
+    MIN_PER_BATCH latencies and there are MIN_SAMPLES in all (seeded: the same latencies give
+    the same interval)."""
+    values = np.asarray(samples, dtype=float)
+    batch = np.arange(len(values)) % pass_length
+    counts = np.bincount(batch, minlength=pass_length)
+    if len(values) < MIN_SAMPLES or counts.min() < MIN_PER_BATCH:
+        return None
+    rng = np.random.default_rng(0)
+    resampled = np.concatenate([rng.choice(_expanded(values[batch == k]), size=(RESAMPLES, counts[k]))
+                                for k in range(pass_length)], axis=1)  # [RESAMPLES, n]
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(np.median(resampled, axis=1), [tail, 100 - tail])
+    return float(low), float(high)
 
 
-def half_width_ratio(samples) -> float:
+def _expanded(values: np.ndarray) -> np.ndarray:
+    """The values spread about their median by sqrt(n / (n - 1)): a resample's variance is
+    then unbiased (plain resampling shrinks it by (n - 1) / n, which few latencies per batch
+    turn into an interval that covers too rarely)."""
+    median = np.median(values)
+    return median + (values - median) * math.sqrt(len(values) / (len(values) - 1))
+
+
+def half_width_ratio(samples, pass_length: int = 1) -> float:
     """The p50 interval's half-width over the p50 (inf while the interval is undefined)."""
-    interval = median_interval(samples)
+    interval = median_interval(samples, pass_length)
     median = float(np.median(samples))
     return (interval[1] - interval[0]) / 2 / median if interval and median > 0 else math.inf
 
@@ -176,7 +199,7 @@ class LatencyTracker(Tracker):
         workload, loop = self.workload, self.loop
         cols = latency_stats(loop.latencies_s, loop.loop_wall_s, self.batch_size, workload.steps_per_episode,
                              loop.cpu_s, workload.batches_per_pass)
-        ratio = half_width_ratio(loop.latencies_s)
+        ratio = half_width_ratio(loop.latencies_s, workload.batches_per_pass)
         cols["latency_p50_ci_half_width"] = ratio if math.isfinite(ratio) else None
         cols["flag_ci_wide"] = self.ci_half_width is not None and not ratio <= self.ci_half_width
         cols.update(workload.info())
@@ -201,7 +224,7 @@ def latency_stats(latencies_s, loop_wall_s: float, batch_size: int, steps_per_ep
                "cpu_utilization": float(cpu_ms.sum() / lat_ms.sum()) if lat_ms.sum() > 0 else None}
     n = len(lat_ms)
     p25, p50, p75, p90, p95, p99 = np.percentile(lat_ms, [25, 50, 75, 90, 95, 99])
-    interval = median_interval(lat_ms) or (None, None)
+    interval = median_interval(lat_ms, pass_length) or (None, None)
     mean = float(lat_ms.mean())
     std = float(lat_ms.std(ddof=1)) if n > 1 else 0.0
     iqr = float(p75 - p25)
@@ -249,19 +272,39 @@ def relative_spread(lat_ms: np.ndarray, pass_length: int) -> float | None:
 
 
 class HostLoadTracker(Tracker):
-    """The host's 1-minute load average before and after the loop, and whether the host was
-    busy: more load before it than the cores the cell's threads leave free (other work then
-    competes with the measurement; two threads on two busy cores measure contention)."""
+    """The host's 1-minute load average before and after the loop, the cores' worth of CPU
+    time that other processes took during it, and whether the host was busy: other work
+    took more than the cores the cell's threads leave free, plus BUSY_TOLERANCE_CORES for
+    the system's own background (it then competed with the measurement; two threads on two
+    busy cores measure contention). The load average alone cannot say this: it trails by a
+    minute, so it still holds the previous job's work, and during the loop it counts the
+    cell's own threads."""
 
     def __init__(self, threads: int):
         self.threads = threads
 
     def start(self) -> None:
         self.before = os.getloadavg()[0]
+        self._start = _busy_cpu_s(), time.process_time(), time.perf_counter()
 
     def stop(self, loop: LoopResult | None) -> None:
         self.after = os.getloadavg()[0]
+        busy, own, wall = (end - start for end, start in zip((_busy_cpu_s(), time.process_time(), time.perf_counter()),
+                                                            self._start))
+        self.other_cores = max(busy - own, 0.0) / wall if wall > 0 else None
 
     def columns(self) -> dict:
+        free = max((os.cpu_count() or 1) - self.threads, 0)
         return {"load_avg_before": self.before, "load_avg_after": self.after,
-                "flag_busy_host": self.before > (os.cpu_count() or 1) - self.threads}
+                "host_other_cpu_cores": self.other_cores,
+                "flag_busy_host": self.other_cores is not None and self.other_cores > free + BUSY_TOLERANCE_CORES}
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds the host's cores have spent busy since boot, steal (the hypervisor running
+    other guests) included: all but idle and I/O wait."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0) - getattr(
+        times, "guest_nice", 0.0)

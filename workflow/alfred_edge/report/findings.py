@@ -245,7 +245,7 @@ def measurement(facts: Facts) -> Finding:
     if "flag_busy_host" in cells and cells["flag_busy_host"].notna().any():
         busy = cells[cells["flag_busy_host"].fillna(False).astype(bool)]
         sentences.append(f"{len(busy)} of {cells['flag_busy_host'].notna().sum()} cells were measured while other work "
-                         "kept the host busy (load average above its cores less the cell's threads)"
+                         "kept the host busy (other processes took more CPU than the cores the cell's threads leave free)"
                          + (f": {', '.join(names(busy))}; their latencies may be too high." if len(busy) else "."))
     return Finding("How far the numbers can be trusted", "latency", sentences)
 
