@@ -107,6 +107,13 @@ def synthetic_tree(tmp_path_factory):
     return make_synthetic_tree(tmp_path_factory.mktemp("synthetic"), {"train": 8, "valid_seen": 3, "valid_unseen": 3})
 
 
+@pytest.fixture(scope="session")
+def synthetic_store(synthetic_tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic_store")
+    build_store(*synthetic_tree[:2], out)
+    return out
+
+
 def frames_of(store_dir: Path, traj_idx: int) -> np.ndarray:
     from alfred_edge.data.loader import StoreDataset
 

@@ -9,6 +9,12 @@ TINY = {
 }
 
 
+# the quantize job's tests: small masks (pframe) keep their evaluations fast
+JOB_SIZES = {"lstm": {"demb": 8, "dhid": 16, "dframe": 32, "pframe": 20},
+             "transformer": {"d_model": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ffn": 32,
+                             "dframe": 32, "pframe": 20}}  # fmt: skip
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """One torch thread (imported by each test module): on a shared 2-core machine, more
@@ -24,6 +30,19 @@ def tiny_model(name, seed=0, **overrides):
 
     torch.manual_seed(seed)
     return build_model(name, {**TINY[name], **overrides}, tiny_vocab()).eval()
+
+def write_fp32(folder, vocab_path, name="lstm", cost_only=False):
+    """A seeded model at JOB_SIZES on the store's vocabulary, saved as folder/<name>/fp32.pt
+    (the quantize job's input)."""
+    from alfred_edge.data.vocab import load_vocab
+    from alfred_edge.models import build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model(name, JOB_SIZES[name], load_vocab(vocab_path))
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    save_model(model, folder / name / "fp32.pt", **({"cost_only": True} if cost_only else {}))
+    return folder / name / "fp32.pt"
+
 
 N_WORDS, N_ACTIONS = 40, 15
 

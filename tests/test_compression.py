@@ -11,41 +11,20 @@ import torch
 
 from alfred_edge import quantize as Q
 from alfred_edge import variants
-from alfred_edge.data.vocab import load_vocab
-from alfred_edge.models import build_model, save_model
+from alfred_edge.models import save_model
 from alfred_edge.quantize import structure
-from conftest import build_store
-from model_inputs import one_thread, random_batch, tiny_model, tiny_vocab  # noqa: F401
+from model_inputs import one_thread, random_batch, tiny_model, tiny_vocab, write_fp32  # noqa: F401 (fixture)
 
 warnings.filterwarnings("ignore", message=r".*(deprecated|TypedStorage).*")
 
 SPLITS = ["valid_seen", "valid_unseen"]
-TINY = {"lstm": {"demb": 8, "dhid": 16, "dframe": 32, "pframe": 20},
-        "transformer": {"d_model": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ffn": 32,
-                        "dframe": 32, "pframe": 20}}  # fmt: skip
 FINETUNE = {"steps": 2, "batch": 4, "lr": 1e-3, "seed": 0, "mask_steps_per_batch": 4}
 SETTINGS = {"lowrank": {"energy": 0.9, "rank": None, "min_parameters": 100, "finetune": FINETUNE},
             "pruned": {"keep": 0.5, "groups": ["frame", "mask", "ffn"], "finetune": FINETUNE},
             "int8_static": {"batches": 2, "batch": 4}}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def store(synthetic_tree, tmp_path_factory):
-    out = tmp_path_factory.mktemp("compression_store")
-    tree, splits_file, _ = synthetic_tree
-    build_store(tree, splits_file, out)
-    return out
-
-
-def write_fp32(folder, store, name="lstm", cost_only=False):
-    torch.manual_seed(0)
-    model = build_model(name, TINY[name], load_vocab(store / "vocab.json"))
-    (folder / name).mkdir(parents=True, exist_ok=True)
-    save_model(model, folder / name / "fp32.pt", **({"cost_only": True} if cost_only else {}))
-    return folder / name / "fp32.pt"
-
-
-def run_job(fp32_path, variant, store, backend="eager"):
+def run_job(fp32_path, variant, synthetic_store, backend="eager"):
     folder = fp32_path.parent
     if backend == "eager":
         path, table = folder / f"{variant}.pt", folder / f"{variant}.eval.parquet"
@@ -53,9 +32,9 @@ def run_job(fp32_path, variant, store, backend="eager"):
     else:
         path, table = folder / f"{variant}.onnx", folder / f"{variant}.{backend}.eval.parquet"
         parent = folder / f"{variants.float_part(variant)}.pt"
-    Q.quantize_job(fp32_path, variant, store, SPLITS, None if variant == "fp32" and backend == "eager" else path,
+    Q.quantize_job(fp32_path, variant, synthetic_store, SPLITS, None if variant == "fp32" and backend == "eager" else path,
                    table, batch_size=4, backend=backend, parent_path=parent, settings=SETTINGS,
-                   train_store=store / "train")
+                   train_store=synthetic_store / "train")
     return pd.read_parquet(table).iloc[0], path
 
 
@@ -110,16 +89,16 @@ def test_composite_names():
 
 
 @pytest.fixture(scope="module")
-def lstm_jobs(store, tmp_path_factory):
+def lstm_jobs(synthetic_store, tmp_path_factory):
     """fp32 (both backends), lowrank, pruned, lowrank+int8_dynamic (eager), int8_dynamic and
     int8_static (onnxruntime) of one tiny lstm: {(variant, backend): (row, path)}."""
-    fp32 = write_fp32(tmp_path_factory.mktemp("jobs"), store)
+    fp32 = write_fp32(tmp_path_factory.mktemp("jobs"), synthetic_store / "vocab.json")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     jobs = [("fp32", "eager"), ("lowrank", "eager"), ("pruned", "eager"), ("lowrank+int8_dynamic", "eager"),
             ("fp32", "onnxruntime"), ("int8_dynamic", "onnxruntime"), ("int8_static", "onnxruntime"),
             ("int8_static", "eager")]
-    yield fp32, {(v, b): run_job(fp32, v, store, b) for v, b in jobs}
+    yield fp32, {(v, b): run_job(fp32, v, synthetic_store, b) for v, b in jobs}
     torch.set_num_threads(threads)
 
 
@@ -165,14 +144,14 @@ def test_a_variant_a_backend_cannot_run_is_a_row_saying_why(lstm_jobs):
         Q.load_variant(path, "cpu")
 
 
-def test_cost_only_model_is_not_fine_tuned(store, tmp_path, monkeypatch):
+def test_cost_only_model_is_not_fine_tuned(synthetic_store, tmp_path, monkeypatch):
     from alfred_edge.quantize import finetune
 
     def fail(*args, **kwargs):
         raise AssertionError("a cost-only model must not be fine-tuned")
 
     monkeypatch.setattr(finetune, "finetune", fail)
-    fp32 = write_fp32(tmp_path, store, cost_only=True)
-    row, path = run_job(fp32, "pruned", store)
+    fp32 = write_fp32(tmp_path, synthetic_store / "vocab.json", cost_only=True)
+    row, path = run_job(fp32, "pruned", synthetic_store)
     assert (row["status"], row["reason"]) == ("ok", "untrained: cost only")
     assert row["file_size_bytes"] == path.stat().st_size

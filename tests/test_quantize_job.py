@@ -10,60 +10,33 @@ import torch
 
 from alfred_edge import quantize as Q
 from alfred_edge.quantize import conversions
-from alfred_edge.data.vocab import load_vocab
-from alfred_edge.models import build_model, save_model
-from conftest import build_store
+from model_inputs import JOB_SIZES, one_thread, write_fp32  # noqa: F401 (fixture)
 
 warnings.filterwarnings("ignore", message=r".*(deprecated|TypedStorage).*")
 
 SPLITS = ["valid_seen", "valid_unseen"]
-TINY_LSTM = {"demb": 8, "dhid": 16, "dframe": 32, "pframe": 20}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and on a busy 2-core machine far more stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def store(synthetic_tree, tmp_path_factory):
-    out = tmp_path_factory.mktemp("quantize_store")
-    tree, splits_file, _ = synthetic_tree
-    build_store(tree, splits_file, out)
-    return out
-
-
-def write_fp32(folder, vocab_path):
-    torch.manual_seed(0)
-    model = build_model("lstm", TINY_LSTM, load_vocab(vocab_path))
-    save_model(model, folder / "lstm" / "fp32.pt")
-    return folder / "lstm" / "fp32.pt"
 
 
 @pytest.fixture
-def fp32_path(store, tmp_path):
-    return write_fp32(tmp_path, store / "vocab.json")
+def fp32_path(synthetic_store, tmp_path):
+    return write_fp32(tmp_path, synthetic_store / "vocab.json")
 
 
-def run_job(fp32_path, variant, store):
+def run_job(fp32_path, variant, synthetic_store):
     folder = fp32_path.parent
     variant_path = None if variant == "fp32" else folder / f"{variant}.pt"
     table = folder / f"{variant}.eval.parquet"
-    Q.quantize_job(fp32_path, variant, store, SPLITS, variant_path, table, batch_size=4)
+    Q.quantize_job(fp32_path, variant, synthetic_store, SPLITS, variant_path, table, batch_size=4)
     return pd.read_parquet(table), variant_path
 
 
 @pytest.fixture(scope="module")
-def jobs(store, tmp_path_factory):
+def jobs(synthetic_store, tmp_path_factory):
     """fp32, int8_dynamic and bf16 jobs of one model: {variant: (table, variant file)}."""
-    fp32_path = write_fp32(tmp_path_factory.mktemp("jobs"), store / "vocab.json")
+    fp32_path = write_fp32(tmp_path_factory.mktemp("jobs"), synthetic_store / "vocab.json")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield fp32_path, {variant: run_job(fp32_path, variant, store) for variant in ("fp32", "int8_dynamic", "bf16")}
+    yield fp32_path, {variant: run_job(fp32_path, variant, synthetic_store) for variant in ("fp32", "int8_dynamic", "bf16")}
     torch.set_num_threads(threads)
 
 
@@ -100,12 +73,12 @@ def test_int8_accuracy_close_to_fp32(jobs):
     assert abs(int8["accuracy_valid_seen"] - fp32["accuracy_valid_seen"]) < 0.05
 
 
-def test_variant_that_cannot_be_built_gets_a_row_and_a_file_with_the_reason(fp32_path, store, monkeypatch):
+def test_variant_that_cannot_be_built_gets_a_row_and_a_file_with_the_reason(fp32_path, synthetic_store, monkeypatch):
     def unavailable(variant, device):
         raise Q.VariantUnavailable(variant, "float16 kernels missing on cpu")
 
     monkeypatch.setattr(conversions, "probe_low_precision", unavailable)
-    table, variant_path = run_job(fp32_path, "fp16", store)
+    table, variant_path = run_job(fp32_path, "fp16", synthetic_store)
     row = table.iloc[0]
     assert (row["status"], row["reason"]) == ("unavailable", "float16 kernels missing on cpu")
     assert math.isnan(row["accuracy_valid_seen"]) and math.isnan(row["file_size_bytes"])
@@ -113,7 +86,7 @@ def test_variant_that_cannot_be_built_gets_a_row_and_a_file_with_the_reason(fp32
         Q.load_variant(variant_path, "cpu")  # the benchmark records a skipped cell
 
 
-def test_variant_whose_evaluation_fails_gets_a_failed_row(fp32_path, store, monkeypatch):
+def test_variant_whose_evaluation_fails_gets_a_failed_row(fp32_path, synthetic_store, monkeypatch):
     import alfred_edge.evaluate
 
     def broken(model, *args, **kwargs):
@@ -123,13 +96,13 @@ def test_variant_whose_evaluation_fails_gets_a_failed_row(fp32_path, store, monk
 
     real = alfred_edge.evaluate.evaluate
     monkeypatch.setattr(alfred_edge.evaluate, "evaluate", broken)
-    row = run_job(fp32_path, "bf16", store)[0].iloc[0]
+    row = run_job(fp32_path, "bf16", synthetic_store)[0].iloc[0]
     assert row["status"] == "failed"
     assert row["reason"] == "evaluation failed: RuntimeError: 'addmm' not implemented for 'BFloat16'"
     assert row["file_size_bytes"] > 0 and math.isnan(row["accuracy_valid_seen"])
 
 
-def test_fp32_evaluation_failure_is_not_hidden(fp32_path, store, monkeypatch):
+def test_fp32_evaluation_failure_is_not_hidden(fp32_path, synthetic_store, monkeypatch):
     import alfred_edge.evaluate
 
     def broken(*args, **kwargs):
@@ -137,11 +110,11 @@ def test_fp32_evaluation_failure_is_not_hidden(fp32_path, store, monkeypatch):
 
     monkeypatch.setattr(alfred_edge.evaluate, "evaluate", broken)
     with pytest.raises(RuntimeError, match="boom"):
-        run_job(fp32_path, "fp32", store)
+        run_job(fp32_path, "fp32", synthetic_store)
     assert not (fp32_path.parent / "fp32.eval.parquet").exists()
 
 
-def test_a_cost_only_model_is_quantized_but_never_evaluated(store, tmp_path, monkeypatch):
+def test_a_cost_only_model_is_quantized_but_never_evaluated(synthetic_store, tmp_path, monkeypatch):
     """rule untrained_model's file (random weights, seeded) says cost_only; its variants are
     built and sized like any other, but no accuracy is computed for them: the row says why."""
     import alfred_edge.evaluate
@@ -154,12 +127,12 @@ def test_a_cost_only_model_is_quantized_but_never_evaluated(store, tmp_path, mon
     paths = [tmp_path / name / "lstm_big" / "fp32.pt" for name in ("a", "b")]
     for path in paths:
         path.parent.mkdir(parents=True)
-        untrained_model("lstm", TINY_LSTM, store, path)
+        untrained_model("lstm", JOB_SIZES["lstm"], synthetic_store, path)
     first, second = (torch.load(p, weights_only=True)["state_dict"] for p in paths)
     assert all(torch.equal(first[k], second[k]) for k in first)  # seeded: the same weights each run
     assert Q.read_variant_file(paths[0])["cost_only"] is True
     for variant in ("fp32", "int8_dynamic"):
-        table, variant_path = run_job(paths[0], variant, store)
+        table, variant_path = run_job(paths[0], variant, synthetic_store)
         row = table.iloc[0]
         assert (row["model"], row["status"], row["reason"]) == ("lstm_big", "ok", "untrained: cost only")
         assert row["file_size_bytes"] == (variant_path or paths[0]).stat().st_size

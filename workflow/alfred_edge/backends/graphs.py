@@ -25,6 +25,20 @@ STEP_INPUTS = ("frames", "prev_action", "first")
 STEP_OUTPUTS = ("action_logits", "cont")
 
 
+class ModelGraphs:
+    """A model's three graphs (its subclass names the encode and step modules and the tensors)."""
+
+    Encode: type[nn.Module]
+    Step: type[nn.Module]
+
+    def __init__(self, model):
+        self.model = model
+        self.context, self.state = self.tensor_names(model.config)
+        self.encode = self.Encode(model)
+        self.step = self.Step(model)
+        self.mask = MaskGraph(model.get_submodule(model.MASK_DECODER))
+
+
 class MaskGraph(nn.Module):
     def __init__(self, mask_decoder: nn.Module):
         super().__init__()
@@ -66,13 +80,8 @@ class LstmStep(nn.Module):
         return action_t, cont_t, h, c
 
 
-class LstmGraphs:
-    def __init__(self, model):
-        self.model = model
-        self.context, self.state = self.tensor_names(model.config)
-        self.encode = LstmEncode(model)
-        self.step = LstmStep(model)
-        self.mask = MaskGraph(model.dec.mask_dec)
+class LstmGraphs(ModelGraphs):
+    Encode, Step = LstmEncode, LstmStep
 
     @staticmethod
     def tensor_names(config: dict) -> tuple[tuple, tuple]:
@@ -150,13 +159,8 @@ class TransformerStep(nn.Module):
         return (m._action_logits(cont_t), cont_t, *(layer.keys for layer in layers), *(layer.values for layer in layers))
 
 
-class TransformerGraphs:
-    def __init__(self, model):
-        self.model = model
-        self.context, self.state = self.tensor_names(model.config)
-        self.encode = TransformerEncode(model)
-        self.step = TransformerStep(model)
-        self.mask = MaskGraph(model.mask_dec)
+class TransformerGraphs(ModelGraphs):
+    Encode, Step = TransformerEncode, TransformerStep
 
     @staticmethod
     def tensor_names(config: dict) -> tuple[tuple, tuple]:

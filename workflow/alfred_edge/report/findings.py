@@ -268,6 +268,20 @@ CAPACITY_COLUMNS = ["host", "device", "model", "variant", "budget_name", "budget
                     "measured", "measured_max_batch", "measured_stop_reason"]
 
 
+def named_evals(evals: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The eval rows named as the cells they hold for ("int8_dynamic · onnxruntime · cpu"): a
+    variant is evaluated once per backend, and its accuracy (or why it has none) holds on every
+    provider its cells ran on."""
+    if evals.empty:
+        return evals
+    key = ["model", "variant", BACKEND]
+    if PROVIDER in cells and set(key) <= set(cells):
+        runs = cells[[*key, PROVIDER]].dropna(subset=key).drop_duplicates().astype({c: object for c in key})
+        evals = evals.drop(columns=[PROVIDER], errors="ignore").astype({c: object for c in key}).merge(runs, on=key,
+                                                                                                       how="left")
+    return evals.assign(variant=variant_names(evals))
+
+
 def findings(cells: pd.DataFrame, series: list[str], capacity_rows: pd.DataFrame, evals: pd.DataFrame,
              budgets: pd.DataFrame, power_reasons: dict) -> list[Finding]:
     """Every question's finding that has a sentence. A variant on another backend than the
@@ -280,6 +294,6 @@ def findings(cells: pd.DataFrame, series: list[str], capacity_rows: pd.DataFrame
     ok = main_series(all_ok, series)
     if ok.empty:
         return []
-    evals = evals.assign(variant=variant_names(evals)) if not evals.empty else evals
+    evals = named_evals(evals, cells)
     facts = Facts(ok, all_ok, main_series(capacity_rows, series)[CAPACITY_COLUMNS], evals, budgets, power_reasons)
     return [finding for finding in (question(facts) for question in FINDINGS) if finding.sentences]
