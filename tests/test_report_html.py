@@ -548,3 +548,38 @@ def test_the_findings_compare_each_backend_with_eager_fp32(runtimes):
     found = sentence(findings(page), "lstm fp32 · onnxruntime · cpu against fp32:")
     assert found.startswith("lstm fp32 · onnxruntime · cpu against fp32: accuracy 93 % (+0.00 points), file 18.8 MB (1.02×)")
     assert f"{speedup:.2f}× as fast on laptop · cpu" in found
+
+
+def test_a_runtime_whose_evaluation_failed_says_why_on_each_provider(tmp_path):
+    """An onnxruntime variant benchmarked on the cpu provider whose evaluation failed: its
+    finding gives the eval row's reason (the eval row names no provider; the cell does)."""
+    cells, evals = fx.runtime_results(fx.LAPTOP, variants=("fp32", "int8_dynamic"))
+    failed = (evals["model"] == "lstm") & (evals["variant"] == "int8_dynamic") & (evals["backend"] == "onnxruntime")
+    evals.loc[failed, ["status", "reason", "accuracy_valid_seen"]] = ["failed", "evaluation failed: boom", None]
+    runs = (cells["model"] == "lstm") & (cells["variant"] == "int8_dynamic") & (cells["backend"] == "onnxruntime")
+    cells.loc[runs, ["accuracy_valid_seen", "accuracy_valid_unseen"]] = None
+    page = tmp_path / "summary.html"
+    html.write_summary(html.ReportInputs(cells=cells, quantization=evals, ram_budgets_gb={"jetson-4gb": 4.0}), page,
+                       tmp_path / "plots")
+    provider = cells.loc[runs, "provider"].iloc[0]
+    found = sentence(findings(page), f"lstm int8_dynamic · onnxruntime · {provider} against fp32: ")
+    assert "no accuracy (failed: evaluation failed: boom)" in found
+
+
+@pytest.mark.parametrize("ram, cpu, says", [
+    ((40.0, 38.0, 43.0), 80.0, "they agree within their intervals"),
+    ((30.0, 29.0, 31.0), 81.0, "their CPU time per batch agrees (81 against 80 ms), so the host's speed changed"),
+    ((30.0, 29.0, 31.0), 60.0, "and so does their CPU time per batch (60 against 80 ms): reading the frames costs"),
+])
+def test_the_findings_say_whether_the_store_and_ram_cells_agree_and_why_not(ram, cpu, says):
+    from alfred_edge.report.findings import store_against_ram
+
+    rows = pd.DataFrame([
+        {"model": "lstm", "variant": "fp32", "batch_size": 1, "latency_p50_ms": 42.0, "latency_p50_ci_low_ms": 40.0,
+         "latency_p50_ci_high_ms": 45.0, "cpu_time_p50_ms": 80.0},
+        {"model": "lstm", "variant": "fp32 · ram", "batch_size": 1, "latency_p50_ms": ram[0],
+         "latency_p50_ci_low_ms": ram[1], "latency_p50_ci_high_ms": ram[2], "cpu_time_p50_ms": cpu}])
+    text = store_against_ram("laptop · cpu", rows)
+    assert text.startswith("On laptop · cpu, fp32 with the frames read into RAM and from the memory-mapped store: lstm at batch 1:")
+    assert says in text
+    assert store_against_ram("laptop · cpu", rows.drop(columns="cpu_time_p50_ms")) is None  # an older board's rows
