@@ -312,6 +312,10 @@ PARSE_CASES = {
                         r"config: quantize.backends names \['tvm'\]; known: eager, onnxruntime"),
     "backend variant not configured": ({"quantize": {"backends": {"onnxruntime": {"variants": ["fp16"]}}}}, None,
                                        r"config: quantize.backends.onnxruntime.variants names \['fp16'\], not in"),
+    "model variant not configured": ({"models": {"lstm_alfred_size": {"architecture": "lstm", "cost_only": True,
+                                                                      "variants": ["fp32", "fp16"]}}}, None,
+                                     r"config: models.lstm_alfred_size.variants names \['fp16'\], not in "
+                                     "quantize.variants"),
     "entry without repeat_idx": ({}, _without_repeat_idx,
                                  r"config: data.splits_file: {splits}: entry 1 of 'valid_seen' is \{{'task': '[^']+'\}}, "
                                  "expected"),

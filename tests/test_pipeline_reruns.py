@@ -36,8 +36,9 @@ TINY_CONFIG = {
         "transformer": {"d_model": 16, "heads": 2, "encoder_layers": 1, "decoder_layers": 1, "ffn": 32,
                         "dframe": 32,
                         "train": {"epochs": 1, "batch": 4, "lr": 0.001, "seed": 123, "mask_steps_per_batch": 2}},
-        # the default's cost-only model (rule untrained_model), at a tiny size
-        "lstm_alfred_size": {"architecture": "lstm", "cost_only": True, "demb": 16, "dhid": 16, "dframe": 32},
+        # the default's cost-only model (rule untrained_model), at a tiny size, with every variant
+        "lstm_alfred_size": {"architecture": "lstm", "cost_only": True, "demb": 16, "dhid": 16, "dframe": 32,
+                             "variants": None},
     },
     "quantize": {"variants": ["fp32", "int8_dynamic"], "eval_batch": 4,
                  "backends": {"eager": {"variants": None}, "onnxruntime": {"variants": []}},
@@ -214,6 +215,18 @@ def test_new_structural_variant_and_its_settings_rerun_only_its_jobs(finished_ru
     # another pruned setting: the same jobs (lowrank's or int8's settings are not theirs to read)
     with edited(config, lambda text: tiny_config_text(quantize={"variants": variants, "lowrank": {"energy": 0.5}})):
         assert job_stats(snakemake(finished_run, "-n")) == job_stats(output)
+
+
+def test_a_models_own_variants_leave_the_others_out_and_never_retrain_it(finished_run):
+    config = finished_run / "config" / "config.yaml"
+    changes = {"quantize": {"variants": ["fp32", "int8_dynamic", "fp16"]},
+               "models": {"lstm_alfred_size": {"variants": ["fp32", "int8_dynamic"]}}}
+    with edited(config, lambda text: tiny_config_text(**changes)):
+        output = snakemake(finished_run, "-n")
+    # fp16 of the two trained models only; the cost-only model keeps its jobs, untrained_model included
+    assert job_stats(output) == {"quantize": 2, "bench": 2, "bench_capacity": 2, "storage_plan": 1,
+                                 "aggregate": 1, "summary": 1, "all": 1}
+    assert set(re.findall(r"model=(\w+)", output)) == {"lstm", "transformer"}
 
 
 def test_template_change_reruns_only_the_report_page(finished_run):

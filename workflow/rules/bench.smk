@@ -4,7 +4,8 @@
 # costs seconds), one per (model, variant, device) for the RAM capacity. Each job
 # measures in its own child process and always writes its row (failures are rows). They take
 # the `exclusive` resource (1 in the default profile), so they never overlap each other or
-# training, whatever --cores says. The cells come from config (common.smk: bench_cells; cheap:
+# training, whatever --cores says, and claim the cores their threads use, so no other job
+# shares them. The cells come from config (common.smk: bench_cells; cheap:
 # no torch, no pyarrow, no file reads); the host is fixed per run, so this host's outputs
 # never claim another host's files under reports/bench/.
 import shutil
@@ -54,7 +55,7 @@ def get_bench_outputs(table):
         return [
             BENCH_CAPACITY.format(model=m, variant=v, device=d)
             for m in MODEL_NAMES
-            for v in backend_variants("eager")
+            for v in model_variants(m, "eager")
             for d in BENCH_DEVICES
         ]
     raise ValueError(f"unknown benchmark table {table!r}")
@@ -75,7 +76,7 @@ def _fp32_reference_cell(wildcards):
     if (
         BENCH["workload"] != "policy"
         or wildcards.variant == "fp32"
-        or "fp32" not in backend_variants(wildcards.backend)
+        or "fp32" not in model_variants(wildcards.model, wildcards.backend)
     ):
         return []
     return [BENCH_CELL.format(**dict(wildcards, variant="fp32"))]
@@ -211,6 +212,7 @@ rule bench_roofline:
         BENCH_ROOFLINE,
     log:
         "logs/bench_roofline/{device}.log",
+    threads: BENCH["threads"]  # the cell's own: with --cores equal to them, no other job runs beside it
     resources:
         exclusive=1,
         disk_mb=1,
@@ -246,6 +248,7 @@ rule bench:
         BENCH_CELL,
     log:
         "logs/bench/{model}/{variant}/{device}/{features}/{backend}.{provider}/b{batch}.log",
+    threads: BENCH["threads"]  # the cell's own: with --cores equal to them, no other job runs beside it
     resources:
         exclusive=1,
         disk_mb=1,
@@ -263,6 +266,7 @@ rule bench_capacity:
         BENCH_CAPACITY,
     log:
         "logs/bench_capacity/{model}/{variant}/{device}.log",
+    threads: BENCH["threads"]  # the cell's own: with --cores equal to them, no other job runs beside it
     resources:
         exclusive=1,
         disk_mb=1,

@@ -71,6 +71,14 @@ for _setting, _names in (
         raise WorkflowError(
             f"config: {_setting} names what is not a variant: {'; '.join(_errors)}"
         )
+for _model in MODEL_NAMES:
+    _extra = [
+        v for v in config["models"][_model].get("variants") or [] if v not in VARIANTS
+    ]
+    if _extra:
+        raise WorkflowError(
+            f"config: models.{_model}.variants names {_extra}, not in quantize.variants {VARIANTS}"
+        )
 BACKENDS = config["quantize"]["backends"]
 if not set(BACKENDS) <= set(variants.BACKENDS):
     raise WorkflowError(
@@ -95,6 +103,13 @@ def backend_variants(backend):
         return []
     chosen = BACKENDS[backend].get("variants")
     return VARIANTS if chosen is None else [v for v in VARIANTS if v in chosen]
+
+
+def model_variants(model, backend):
+    """The variants of `model` on `backend`: the backend's, less those the model's own
+    `variants` leaves out."""
+    chosen = config["models"][model].get("variants")
+    return [v for v in backend_variants(backend) if chosen is None or v in chosen]
 
 
 BENCH = config["bench"]
@@ -127,12 +142,12 @@ def bench_cells():
         )
         for backend in BACKENDS
         for m in MODEL_NAMES
-        for v in backend_variants(backend)
+        for v in model_variants(m, backend)
         for d in BENCH_DEVICES
         for p in variants.providers(backend, d)
         for b in backend_batches(backend)
     ]
-    if BENCH["compare_features_in_ram"] and "fp32" in backend_variants("eager"):
+    if BENCH["compare_features_in_ram"]:
         cells += [
             dict(
                 model=m,
@@ -144,6 +159,7 @@ def bench_cells():
                 batch=BENCH_BATCHES[0],
             )
             for m in MODEL_NAMES
+            if "fp32" in model_variants(m, "eager")
             for d in BENCH_DEVICES
         ]
     return cells

@@ -60,7 +60,7 @@ def get_quantize_eval_tables():
         variant_eval_table(m, v, b)
         for b in BACKENDS
         for m in MODEL_NAMES
-        for v in backend_variants(b)
+        for v in model_variants(m, b)
     ]
 
 

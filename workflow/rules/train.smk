@@ -27,8 +27,10 @@ for _model in IMPORTED_MODELS:
 
 
 def get_model_settings(wildcards):
-    """The model's config section, keys sorted (architecture + init_from + train)."""
-    return canonical(config["models"][wildcards.model])
+    """The model's config section, keys sorted (architecture + init_from + train; not its
+    variants, which do not change the fp32 model)."""
+    entry = config["models"][wildcards.model]
+    return canonical({key: value for key, value in entry.items() if key != "variants"})
 
 
 def get_model_architecture(wildcards):
