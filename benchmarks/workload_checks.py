@@ -86,7 +86,10 @@ def main() -> None:
         print(f"{row.model} {row.variant} b{row.batch_size} {row.device}: mmap p50 {mmap['latency_p50_ms']:.2f} "
               f"[{mmap['latency_p50_ci_low_ms']:.2f}, {mmap['latency_p50_ci_high_ms']:.2f}] ms, ram "
               f"{row.latency_p50_ms:.2f} [{row.latency_p50_ci_low_ms:.2f}, {row.latency_p50_ci_high_ms:.2f}] ms: "
-              f"intervals {'overlap' if overlap else 'DO NOT overlap'}")
+              f"intervals {'overlap' if overlap else 'DO NOT overlap'}"
+              if pd.notna(row.latency_p50_ci_low_ms) and pd.notna(mmap["latency_p50_ci_low_ms"]) else
+              f"{row.model} {row.variant} b{row.batch_size} {row.device}: mmap p50 {mmap['latency_p50_ms']:.2f} ms, ram "
+              f"{row.latency_p50_ms:.2f} ms: no interval on one of them")
 
 
 if __name__ == "__main__":
