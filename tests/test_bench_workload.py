@@ -56,10 +56,14 @@ def test_store_batches_read_only_the_pool_of_annotations(store):
 
 
 def test_features_in_ram_equal_the_memory_mapped_ones(store):
+    """features changes the RAM a cell holds, not what its timed loop reads: both give the same
+    float32 batches, each its own copy (writable: not a view of the store's read-only map)."""
     mmap = workloads.store_batches(str(store / "valid_seen"), 3, max_steps=3, features="mmap")
     ram = workloads.store_batches(str(store / "valid_seen"), 3, max_steps=3, features="ram")
     for m, r in zip(mmap, ram, strict=True):
         assert torch.equal(m["frames"], r["frames"]) and torch.equal(m["lang"], r["lang"])
+        assert m["frames"].dtype == torch.float32
+        m["frames"].add_(1.0)
     with pytest.raises(ValueError, match="mmap or ram"):
         workloads.store_batches(str(store / "valid_seen"), 1, 1, "disk")
 
@@ -250,3 +254,4 @@ def test_an_onnxruntime_cell_measures_the_exported_graphs(store, tmp_path, name,
     assert (row["backend"], row["provider"], row["observed_batch_size"]) == ("onnxruntime", "cpu", 3)
     assert row["step_weight_bytes"] == (folder / "step.onnx").stat().st_size
     assert row["model_file_mb"] == pytest.approx(sum(p.stat().st_size for p in folder.glob("*.onnx")) / 1e6)
+
