@@ -316,8 +316,8 @@ def named_evals(evals: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     key = ["model", "variant", BACKEND]
     if PROVIDER in cells and set(key) <= set(cells):
         runs = cells[[*key, PROVIDER]].dropna(subset=key).drop_duplicates().astype({c: object for c in key})
-        evals = evals.drop(columns=[PROVIDER], errors="ignore").astype({c: object for c in key}).merge(runs, on=key,
-                                                                                                       how="left")
+        evals = evals.drop(columns=[PROVIDER], errors="ignore").astype({c: object for c in key})
+        evals = evals.merge(runs, on=key, how="left")
     return evals.assign(variant=variant_names(evals))
 
 
