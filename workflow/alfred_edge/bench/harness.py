@@ -289,8 +289,9 @@ class HostLoadTracker(Tracker):
 
     def stop(self, loop: LoopResult | None) -> None:
         self.after = os.getloadavg()[0]
-        busy, own, wall = (end - start for end, start in zip((_busy_cpu_s(), time.process_time(), time.perf_counter()),
-                                                            self._start))
+        busy_start, own_start, wall_start = self._start
+        busy, own = _busy_cpu_s() - busy_start, time.process_time() - own_start
+        wall = time.perf_counter() - wall_start
         self.other_cores = max(busy - own, 0.0) / wall if wall > 0 else None
 
     def columns(self) -> dict:
@@ -306,5 +307,6 @@ def _busy_cpu_s() -> float:
     import psutil
 
     times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0) - getattr(
-        times, "guest_nice", 0.0)
+    # Linux counts a guest's time in user (and guest_nice in nice) as well as on its own
+    counted_twice = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - counted_twice
