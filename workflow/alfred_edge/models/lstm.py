@@ -44,9 +44,11 @@ class SelfAttn(nn.Module):
 
 
 def dot_attention(inp, h):
-    """inp [B,L,D], h [B,D] -> weighted sum [B,D] with softmax(inp @ h) over L."""
+    """inp [B,L,D], h [B,D] -> weighted sum [B,D] with softmax(inp @ h) over L. ALFRED sums
+    score.expand_as(inp) * inp over L; the same sum as a product makes no [B,L,D] temporary
+    (and in ONNX one MatMul instead of Expand, Mul and a slow ReduceSum)."""
     score = F.softmax(inp.bmm(h.unsqueeze(2)), dim=1)  # [B,L,1]
-    return score.expand_as(inp).mul(inp).sum(1)
+    return score.transpose(1, 2).bmm(inp).squeeze(1)  # [B,D]
 
 
 def transposed_layout(x) -> bool:
