@@ -11,20 +11,34 @@ from alfred_edge.bench.harness import LatencyTracker, Tracker
 
 
 def measure(torch, device: str, matmul_size: int, copy_mb: float, seconds: float) -> dict:
-    """Best-of-repeats GFLOP/s of an n x n fp32 matmul and GB/s of a buffer copy (bytes
-    read + written), each repeated for about `seconds`. GB = 1e9 bytes."""
+    """Best-of-repeats GFLOP/s of an n x n fp32 matmul and GB/s of a buffer copy
+    (copy_bandwidth), each repeated for about `seconds`. GB = 1e9 bytes."""
     dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     start = time.perf_counter()
     a = torch.randn(matmul_size, matmul_size, device=dev)
     b = torch.randn(matmul_size, matmul_size, device=dev)
     flops = 2.0 * matmul_size ** 3
-    gflops = _best_rate(lambda: torch.mm(a, b), sync, flops / 1e9, seconds)
-    n = int(copy_mb * 1e6 / 4)
-    src, dst = torch.ones(n, device=dev), torch.empty(n, device=dev)
-    gbps = _best_rate(lambda: dst.copy_(src), sync, 2 * n * 4 / 1e9, seconds)
+    gflops = _best_rate(lambda: torch.mm(a, b), _sync(torch, dev), flops / 1e9, seconds)
+    gbps = copy_bandwidth(torch, device, copy_mb, seconds)
     return {"matmul_size": matmul_size, "matmul_gflops": gflops, "memory_bandwidth_gbps": gbps,
-            "copy_mb": n * 4 / 1e6, "measure_s": time.perf_counter() - start}
+            "copy_mb": _copy_floats(copy_mb) * 4 / 1e6, "measure_s": time.perf_counter() - start}
+
+
+def copy_bandwidth(torch, device: str, copy_mb: float, seconds: float) -> float:
+    """Best-of-repeats GB/s of a copy of a `copy_mb` fp32 buffer (bytes read + written),
+    repeated for about `seconds`."""
+    dev = torch.device(device)
+    n = _copy_floats(copy_mb)
+    src, dst = torch.ones(n, device=dev), torch.empty(n, device=dev)
+    return _best_rate(lambda: dst.copy_(src), _sync(torch, dev), 2 * n * 4 / 1e9, seconds)
+
+
+def _copy_floats(copy_mb: float) -> int:
+    return int(copy_mb * 1e6 / 4)
+
+
+def _sync(torch, dev):
+    return torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
 
 def _best_rate(fn, sync, work: float, seconds: float) -> float:
