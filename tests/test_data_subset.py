@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from alfred_edge import variants
 from alfred_edge.data import plan, subset
 from alfred_edge.data.store import planned_store_bytes
 from conftest import ALFRED_SAMPLE, DATA_SPLITS
@@ -103,6 +104,16 @@ def test_plan_reports_budget_subset(rows, monkeypatch):
                                   "source": "x", "splits": result["splits"], "subset_mode": "budget"},
                                  free_bytes=10**12, free_path="data")
     assert "**The plan fits**" in text and "| train |" in text
+
+
+def test_reserved_bytes_count_a_models_own_variants_only():
+    sizes = {"demb": 100, "dhid": 128, "dframe": 256}
+    models = {"lstm": sizes, "small": {"architecture": "lstm", **sizes, "variants": ["fp32"]}}
+    reserved = plan.reserved_bytes(models, ["fp32", "int8_dynamic"], 0, "synthetic")
+    # the same architecture: "small" reserves its fp32 file, "lstm" that and its int8 file
+    assert reserved["models/small"] < reserved["models/lstm"] < 2 * reserved["models/small"]
+    assert variants.for_model(["fp32", "int8_dynamic", "lowrank"], {"variants": ["lowrank", "fp32"]}) == ["fp32", "lowrank"]
+    assert variants.for_model(["fp32", "lowrank"], {}) == ["fp32", "lowrank"]
 
 
 def test_config_errors_name_the_setting(tmp_path):

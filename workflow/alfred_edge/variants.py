@@ -116,6 +116,13 @@ def name_error(name: str) -> str | None:
     return None
 
 
+def for_model(names, model_config: dict) -> list[str]:
+    """`names` (configured variants, in their order) less those the model's own `variants`
+    (models.<model>.variants, where it has the key) leaves out."""
+    own = model_config.get("variants")
+    return [name for name in names if own is None or name in own]
+
+
 def get(name: str) -> Variant:
     """The registry's entry for `name` (a composite's: its steps' facts combined);
     VariantUnavailable for a name that is not a variant."""

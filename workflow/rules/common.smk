@@ -108,8 +108,7 @@ def backend_variants(backend):
 def model_variants(model, backend):
     """The variants of `model` on `backend`: the backend's, less those the model's own
     `variants` leaves out."""
-    chosen = config["models"][model].get("variants")
-    return [v for v in backend_variants(backend) if chosen is None or v in chosen]
+    return variants.for_model(backend_variants(backend), config["models"][model])
 
 
 BENCH = config["bench"]

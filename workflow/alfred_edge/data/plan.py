@@ -51,8 +51,8 @@ def reserved_bytes(models_cfg: dict, variants: list[str], n_bench_cells: int, so
     out = {}
     for name, cfg in sorted(models_cfg.items()):
         fp32 = fp32_file_bytes(architecture_name(name, cfg), cfg, vocab)
-        own = set(variants) & set(cfg.get("variants") or variants)  # the model's own list, where it has one
-        out[f"models/{name}"] = int(fp32 * sum(variant_registry.get(v).size_fraction for v in own | {"fp32"}))
+        own = set(variant_registry.for_model(variants, cfg)) | {"fp32"}
+        out[f"models/{name}"] = int(fp32 * sum(variant_registry.get(v).size_fraction for v in own))
     out["reports"] = n_bench_cells * RESULTS_BYTES_PER_CELL
     return out
 
