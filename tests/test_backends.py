@@ -89,6 +89,15 @@ def test_int8_dynamic_graphs_are_int8_and_smaller(exported, tmp_path):
     assert torch.isfinite(out["action_logits"]).all()
 
 
+def test_sessions_take_the_threads_asked_and_stop_spinning_after_a_run(exported):
+    _, folder = exported
+    model = load_onnx_variant(folder / "fp32.onnx", "cpu", threads=1)
+    for name, session in model.sessions.items():
+        options = session.get_session_options()
+        assert options.intra_op_num_threads == 1, name
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1", name
+
+
 def test_absent_provider_is_a_reason(exported):
     _, folder = exported
     import onnxruntime

@@ -62,6 +62,20 @@ def providers_for(provider: str, variant: str) -> list[str]:
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"] * (provider != "cpu")
 
 
+def session_options(ort, threads: int):
+    """Options of the model's three sessions: `threads` intra-op threads each, and their
+    workers stop spinning when a run returns. Each session has a pool of its own, whose
+    workers otherwise spin on after each run, taking the cores from the next session's run:
+    a decode alternates encode, step and mask runs, and on the development machine's 2 cores
+    its steps took twice as long (benchmarks/ort_spinning.py). Spinning within a run, between
+    its operators, is kept."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
 class OnnxRuntimeModel:
     """The three graphs of folder/ as one model. `header`: the fp32 model file's header
     (model, config, vocab_sizes, vocab_digest), which names the graphs' tensors."""
@@ -77,9 +91,7 @@ class OnnxRuntimeModel:
         self.vocab_digest = header["vocab_digest"]
         self.provider = provider
         self.graphs = GRAPHS[self.name]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
+        options = session_options(ort, threads or torch.get_num_threads())
         providers = providers_for(provider, variant)
         self.folder = Path(folder)
         self.sessions = {name: ort.InferenceSession(str(self.folder / f"{name}.onnx"), options, providers=providers)
