@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import yaml
 
+from alfred_edge.backends.onnx_export import OPSET
 from alfred_edge.bench import roofline
 from host_load import host_load
 from untrained_models import REPO
@@ -42,7 +43,7 @@ def onnxruntime_matmul(weight_in_out: np.ndarray, threads: int):
                               [numpy_helper.from_array(weight_in_out, "W")])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 

@@ -33,14 +33,14 @@ def decode(folder: Path, spinning: bool, episodes: int) -> dict:
     import onnxruntime as ort
 
     from alfred_edge.backends.onnx_export import GRAPH_NAMES
-    from alfred_edge.backends.onnxruntime_model import OnnxRuntimeModel
+    from alfred_edge.backends.onnxruntime_model import OnnxRuntimeModel, session_options
     from backend_step_speed import random_batch
 
     torch.set_num_threads(2)
     model = OnnxRuntimeModel(folder, json.loads((folder / "header.json").read_text()), threads=2)
-    if spinning:  # ONNX Runtime's default options, the threads as the model's
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+    if spinning:  # the model's options with ONNX Runtime's default for this one entry
+        options = session_options(ort, 2)
+        options.add_session_config_entry("session.force_spinning_stop", "0")
         model.sessions = {name: ort.InferenceSession(str(folder / f"{name}.onnx"), options,
                                                      providers=["CPUExecutionProvider"]) for name in GRAPH_NAMES}
     batches = [random_batch(1, STEPS, seed) for seed in range(episodes)]
