@@ -5,8 +5,8 @@ the same bytes (torch's sum), with 1 and 2 threads. Set against backend_step_spe
 step (five products and about 35 small operators, 114 MB), it says how much of the gap is the
 product's kernel and how much the rest of the step. GB/s = weight bytes / median time; the
 copy counts bytes read + written, as bench/roofline.py does. A matrix read over and over may
-keep part of itself in the 32 MB L3 cache, so these rates are upper figures. Printed, not
-asserted.
+keep part of itself in the L3 cache (32 MB on one VM here, 105 MB on another: lscpu), so these
+rates are upper figures. Printed, not asserted.
 
 The kinds take turns round by round (this VM's memory bandwidth moves from minute to minute);
 each round times `--repeats` calls of each; the figure is the median over rounds.
