@@ -63,8 +63,10 @@ VARIANTS = {variant.name: variant for variant in (
     # weights dominate the file; the embeddings and convolutions int8 leaves float keep it above a quarter
     Variant("int8_dynamic", "dynamic int8 of Linear, LSTM and LSTMCell", 0.3, ("cpu",), "#d62728", BACKENDS),
     Variant("int8_static", "static int8 (QDQ) calibrated on the train store", 0.3, ("cpu",), "#ff7f0e",
-            ("onnxruntime",), why_not=(("eager", "torch.ao's static int8 has no LSTMCell (nor LSTM without "
-                                        "custom modules): the decoder's largest layer would stay float"),)),
+            ("onnxruntime",), why_not=(("eager", "torch.ao's static int8 has no LSTMCell, and its int8 transposed "
+                                        "convolutions (the mask decoder's) are wrong with oneDNN and slower "
+                                        "than float32 with fbgemm or qnnpack "
+                                        "(benchmarks/int8_transposed_conv.py)"),)),
     Variant("fp16", "weights and buffers in float16", 0.5, ("cpu", "cuda"), "#2ca02c", ("eager",),
             why_not=(NO_HALF_ORT,)),
     Variant("bf16", "weights and buffers in bfloat16", 0.5, ("cpu", "cuda"), "#9467bd", ("eager",),
