@@ -41,7 +41,7 @@ from alfred_edge.models import build_model, model_record
 from alfred_edge.quantize import make_variant
 from alfred_edge.quantize.conversions import quiet_quantization_warnings
 from alfred_edge.quantize.onnx_variants import build_graphs
-from host_load import host_load
+from host_load import host_load, last_level_cache
 from untrained_models import REPO, alfred_lstm_sizes
 
 BATCHES = (1, 8)
@@ -126,7 +126,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"before: {host_load()}; torch {torch.__version__}, {args.threads} threads")
+    print(f"before: {host_load()}; {last_level_cache()}; torch {torch.__version__}, {args.threads} threads")
     torch.manual_seed(0)
     model = build_model("lstm", alfred_lstm_sizes(), VOCAB).eval()
     step_bytes, mask_bytes = roofline.step_weight_bytes(model)

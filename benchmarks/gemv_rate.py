@@ -25,7 +25,7 @@ import yaml
 
 from alfred_edge.backends.onnx_export import OPSET
 from alfred_edge.bench import roofline
-from host_load import host_load
+from host_load import host_load, last_level_cache
 from untrained_models import REPO
 
 IN, OUT = 3624, 4096  # ALFRED's LSTMCell: input dframe + 2 * dhid + demb, gates 4 * 2 * dhid
@@ -60,7 +60,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
-    print(f"before: {host_load()}; torch {torch.__version__}")
+    print(f"before: {host_load()}; {last_level_cache()}; torch {torch.__version__}")
     copy_mb = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["bench"]["roofline"]["copy_mb"]
     linear = torch.nn.Linear(IN, OUT)
     weight, x = linear.weight.detach(), torch.randn(1, IN)

@@ -3,8 +3,26 @@ are shared with other work, and a figure means little without the load it was ta
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def host_load() -> str:
     """'load average 1.65 1.21 1.28 on 2 cores' (over the last 1, 5 and 15 minutes)."""
     return "load average {:.2f} {:.2f} {:.2f} on {} cores".format(*os.getloadavg(), os.cpu_count())
+
+
+def last_level_cache() -> str:
+    """'L3 cache 105 MiB' (cpu0's largest cache level, from sysfs; 'cache size unknown' where
+    sysfs does not say): weights that fit in it are read from the cache, not from memory, and
+    this VM's cache size has differed from one machine to the next."""
+    levels = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, size = (index / "level").read_text().strip(), (index / "size").read_text().strip()
+        except OSError:
+            continue
+        levels[int(level)] = int(size[:-1]) * {"K": 1 << 10, "M": 1 << 20}[size[-1]] if size[-1] in "KM" else int(size)
+    if not levels:
+        return "cache size unknown"
+    top = max(levels)
+    return f"L{top} cache {levels[top] / (1 << 20):.0f} MiB"
