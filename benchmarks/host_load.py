@@ -21,7 +21,8 @@ def last_level_cache() -> str:
             level, size = (index / "level").read_text().strip(), (index / "size").read_text().strip()
         except OSError:
             continue
-        levels[int(level)] = int(size[:-1]) * {"K": 1 << 10, "M": 1 << 20}[size[-1]] if size[-1] in "KM" else int(size)
+        unit = {"K": 1 << 10, "M": 1 << 20}.get(size[-1], 1)  # sysfs writes "107520K"
+        levels[int(level)] = int(size.rstrip("KM")) * unit
     if not levels:
         return "cache size unknown"
     top = max(levels)
