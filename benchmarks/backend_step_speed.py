@@ -9,12 +9,12 @@ asserted (the machine is shared and noisy):
   <= 0.45 x at batch 8.
 
 One decoder step (after step 0, teacher-forced) of: eager fp32, ONNX Runtime fp32, eager
-int8_dynamic (torch.ao), ONNX Runtime int8_dynamic and int8_static (calibrated on random
-episodes: the timing does not depend on the ranges), without a mask and with a mask for every
-row (with_mask=True), at batch 1 and 8. The configurations take turns round by round; each
-round times `--steps` steps of each, and the figure is the median over rounds of each round's
-median step. This VM's memory bandwidth moves from minute to minute (other guests), so each
-round also measures the copy bandwidth, the roofline's way, just before its steps: the
+int8_dynamic and int8_static (torch.ao), ONNX Runtime int8_dynamic and int8_static (the static
+ones calibrated on random episodes: the timing does not depend on the ranges), without a mask
+and with a mask for every row (with_mask=True), at batch 1 and 8. The configurations take turns
+round by round; each round times `--steps` steps of each, and the figure is the median over
+rounds of each round's median step. This VM's memory bandwidth moves from minute to minute
+(other guests), so each round also measures the copy bandwidth, the roofline's way, just before its steps: the
 fp32 step's ratio to the bound is taken round by round, and the figure is the median of
 those ratios. Also the mask decoder alone, in ALFRED's form (upsampling, transposed
 convolutions, BatchNorm) and in the inference form the model now runs (folded), eager fp32.
@@ -39,7 +39,7 @@ from alfred_edge.backends.onnxruntime_model import OnnxRuntimeModel
 from alfred_edge.bench import roofline
 from alfred_edge.models import build_model, model_record
 from alfred_edge.quantize import make_variant
-from alfred_edge.quantize.conversions import quiet_quantization_warnings
+from alfred_edge.quantize.conversions import CONVERSIONS, quiet_quantization_warnings
 from alfred_edge.quantize.onnx_variants import build_graphs
 from host_load import host_load, last_level_cache
 from untrained_models import REPO, alfred_lstm_sizes
@@ -65,9 +65,10 @@ def random_batch(batch: int, steps: int, seed: int) -> dict:
 def build_backends(model, folder: Path) -> dict:
     """{name: model with the eager interface}."""
     header = model_record(model)
-    with quiet_quantization_warnings():
-        models = {"eager fp32": model, "eager int8_dynamic": make_variant(model, "int8_dynamic")}
     calibration = [random_batch(4, 6, seed) for seed in range(2)]
+    with quiet_quantization_warnings():
+        models = {"eager fp32": model, "eager int8_dynamic": make_variant(model, "int8_dynamic"),
+                  "eager int8_static": CONVERSIONS["int8_static"].build(model, calibration)}
     for precision in ("fp32", "int8_dynamic", "int8_static"):
         started = time.perf_counter()
         build_graphs(model, precision, folder / precision, header, calibration)

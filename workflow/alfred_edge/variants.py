@@ -6,8 +6,10 @@ storage plan and the report read it without torch.
     int8_dynamic  dynamic int8 of the Linear, LSTM and LSTMCell layers: torch.ao's (eager, CPU
                   only; embeddings, convolutions and any Linear tied to an embedding stay
                   float) or ONNX Runtime's quantizer (its MatMul and LSTM operators)
-    int8_static   ONNX Runtime's static int8 (QDQ), the activations' ranges calibrated on the
-                  train store: MatMuls, convolutions and transposed convolutions
+    int8_static   static int8, the activations' ranges calibrated on the train store: ONNX
+                  Runtime's (QDQ) of the MatMuls and convolutions; on eager, int8_dynamic's
+                  layers plus the mask decoder's convolutions in torch.ao's static int8
+                  (alfred_edge.quantize.static_int8)
     fp16, bf16    every floating weight and buffer cast to half / bfloat16
     lowrank       truncated-SVD factorisation of the large Linear layers (and of the LSTM
                   cell's input weights), at a configured energy or rank
@@ -62,11 +64,7 @@ VARIANTS = {variant.name: variant for variant in (
     Variant("fp32", "the trained model as is", 1.0, ("cpu", "cuda"), "#1f77b4", BACKENDS),
     # weights dominate the file; the embeddings and convolutions int8 leaves float keep it above a quarter
     Variant("int8_dynamic", "dynamic int8 of Linear, LSTM and LSTMCell", 0.3, ("cpu",), "#d62728", BACKENDS),
-    Variant("int8_static", "static int8 (QDQ) calibrated on the train store", 0.3, ("cpu",), "#ff7f0e",
-            ("onnxruntime",), why_not=(("eager", "torch.ao's static int8 has no LSTMCell, and its int8 transposed "
-                                        "convolutions (the mask decoder's) are wrong with oneDNN and slower "
-                                        "than float32 with fbgemm or qnnpack "
-                                        "(benchmarks/int8_transposed_conv.py)"),)),
+    Variant("int8_static", "static int8 calibrated on the train store", 0.3, ("cpu",), "#ff7f0e", BACKENDS),
     Variant("fp16", "weights and buffers in float16", 0.5, ("cpu", "cuda"), "#2ca02c", ("eager",),
             why_not=(NO_HALF_ORT,)),
     Variant("bf16", "weights and buffers in bfloat16", 0.5, ("cpu", "cuda"), "#9467bd", ("eager",),

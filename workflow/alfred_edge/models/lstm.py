@@ -129,6 +129,11 @@ def fold_upsampling(weight):
     return folded
 
 
+def mask_features(d1, x, channels: int):
+    """The mask decoder's first layer: x [B,d_in] -> ReLU(d1(x)) as [B,channels,7,7]."""
+    return F.relu(linear(d1, x)).reshape(-1, channels, 7, 7)
+
+
 class MaskDecoder(nn.Module):
     """[B,d_in] -> mask logits [B,1,P,P]: Linear to 64x7x7, then upsample + transposed convs
     7 -> 14 -> 28 -> 56 -> 112 -> 224, then bilinear to P x P (ALFRED: P = 300).
@@ -179,7 +184,7 @@ class MaskDecoder(nn.Module):
             setattr(self, f"{name}_bias", bias.to(conv.bias.dtype))
 
     def forward(self, x):  # x [B,d_in]
-        x = F.relu(linear(self.d1, x)).reshape(-1, self.dconv3.in_channels, 7, 7)  # [B,64,7,7]
+        x = mask_features(self.d1, x, self.dconv3.in_channels)  # [B,64,7,7]
         if x.dtype == torch.float32:  # channels-last: oneDNN's fast layout for transposed convs on
             x = x.contiguous(memory_format=torch.channels_last)  # CPU in float32, not in fp16/bf16
         x = self.trained_form(x) if self.training else self.inference_form(x)  # [B,16,112,112]

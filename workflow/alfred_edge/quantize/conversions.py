@@ -35,16 +35,19 @@ DEVICE_NAMES = {"cpu": "the CPU", "cuda": "CUDA"}
 @dataclass(frozen=True)
 class Conversion:
     """A precision step's code. check(device): raise VariantUnavailable where it cannot run
-    on `device` here. build(model): the step applied to a float model, in eval mode (a
-    converted copy; the model is left as it was). load(skeleton, state, device, path): the
-    variant's model on `device` from `skeleton(device)`, its float model with random or meta
-    weights, and the file's weights `state` (`path` names the file in errors). int8_engine:
-    its file records the quantized engine its weights were packed for."""
+    on `device` here. build(model, calibration): the step applied to a float model, in eval
+    mode (a converted copy; the model is left as it was); `calibration`: loader batches of
+    the train store for a step that calibrates (calibrates), else None. load(skeleton,
+    state, device, path): the variant's model on `device` from `skeleton(device)`, its float
+    model with random or meta weights, and the file's weights `state` (`path` names the file
+    in errors). int8_engine: its file records the quantized engine its weights were packed
+    for."""
 
     check: Callable[[torch.device], None]
-    build: Callable[[nn.Module], nn.Module]
+    build: Callable[[nn.Module, list | None], nn.Module]
     load: Callable[[Callable[[str], nn.Module], dict, torch.device, Path], nn.Module]
     int8_engine: bool = False
+    calibrates: bool = False
 
 
 @contextmanager
@@ -56,6 +59,7 @@ def quiet_quantization_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated")
         warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions")
         warnings.filterwarnings("ignore", message=r".*TypedStorage is deprecated")
+        warnings.filterwarnings("ignore", message=r"Please use quant_min and quant_max")  # torch.ao's own qconfigs
         yield
 
 
@@ -72,14 +76,35 @@ def make_variant(model: nn.Module, variant: str, settings: dict | None = None, t
     """The variant of the float `model` for the eager backend, in eval mode (fp32: the model
     itself; the others a converted copy, the model left as it was): its structural steps with
     their settings (settings[step]; a fine-tune reads `train_store`), then its precision
-    step. Raises VariantUnavailable if this host cannot build it."""
-    build = conversion(variant).build
+    step (settings[step] and `train_store` for a step that calibrates). Raises
+    VariantUnavailable if this host cannot build it."""
+    conversion(variant)  # VariantUnavailable where the eager backend has no conversion
     for step in variants.steps(variant):
         if variants.get(step).kind == variants.STRUCTURE:
             from alfred_edge.quantize.structure import build_structure
 
             model = build_structure(model, step, (settings or {})[step], train_store)
-    return build(model)
+    return build_precision(model, variants.precision_step(variant), settings, train_store)
+
+
+def build_precision(model: nn.Module, step: str, settings: dict | None, train_store) -> nn.Module:
+    """Precision step `step` applied to the float `model` (its calibration, if it calibrates:
+    settings[step]'s batches of `train_store`)."""
+    step_conversion = CONVERSIONS[step]
+    calibration = calibration_batches(train_store, (settings or {}).get(step)) if step_conversion.calibrates else None
+    return step_conversion.build(model, calibration)
+
+
+def calibration_batches(train_store, settings: dict | None) -> list:
+    """The first settings["batches"] batches of settings["batch"] annotations of the train store."""
+    from itertools import islice
+
+    from alfred_edge.evaluate import split_loader
+
+    if train_store is None or settings is None:
+        raise ValueError("a calibrated step needs the train store and its settings (quantize.<step>): "
+                         f"given {train_store!r}, {settings!r}")
+    return list(islice(split_loader(Path(train_store), settings["batch"]), settings["batches"]))
 
 
 def check_available(variant: str, device: str | torch.device) -> None:
@@ -205,6 +230,10 @@ def _child(name: str, child: str) -> str:
     return f"{name}.{child}" if name else child
 
 
+def build_int8_dynamic(model: nn.Module, calibration=None) -> nn.Module:
+    return quantize_int8_dynamic(model)
+
+
 def load_int8(skeleton: Callable[[str], nn.Module], state: dict, device: torch.device, path: Path) -> nn.Module:
     """quantize_dynamic needs real float weights on the CPU: the float model is built there,
     quantized in place with the same spec as at build time, and the int8 state loaded over it."""
@@ -221,7 +250,7 @@ def no_check(device: torch.device) -> None:
     """fp32 runs wherever torch does."""
 
 
-def as_is(model: nn.Module) -> nn.Module:
+def as_is(model: nn.Module, calibration=None) -> nn.Module:
     return model.eval()
 
 
@@ -254,8 +283,8 @@ def check_bf16(device: torch.device) -> None:
     probe_low_precision("bf16", device)
 
 
-def build_cast(variant: str) -> Callable[[nn.Module], nn.Module]:
-    def build(model: nn.Module) -> nn.Module:
+def build_cast(variant: str) -> Callable[[nn.Module, list | None], nn.Module]:
+    def build(model: nn.Module, calibration=None) -> nn.Module:
         probe_low_precision(variant, next(model.parameters()).device)
         return cast_model(copy.deepcopy(model), LOW_PRECISION[variant]).eval()
 
@@ -308,9 +337,26 @@ def _cast(value, dtype: torch.dtype):
     return value.to(dtype) if _needs_cast(value, dtype) else value
 
 
+# --- int8_static: int8_dynamic plus the mask decoder's convolutions (static_int8.py) -------
+
+
+def build_int8_static(model: nn.Module, calibration: list) -> nn.Module:
+    from alfred_edge.quantize.static_int8 import quantize_int8_static
+
+    return quantize_int8_static(model, calibration)
+
+
+def load_int8_static(skeleton: Callable[[str], nn.Module], state: dict, device: torch.device, path: Path) -> nn.Module:
+    from alfred_edge.quantize.static_int8 import load_int8_static as load
+
+    return load(skeleton, state, device, path)
+
+
 CONVERSIONS = {
     "fp32": Conversion(check=no_check, build=as_is, load=load_cast(None)),
-    "int8_dynamic": Conversion(check=check_int8, build=quantize_int8_dynamic, load=load_int8, int8_engine=True),
+    "int8_dynamic": Conversion(check=check_int8, build=build_int8_dynamic, load=load_int8, int8_engine=True),
+    "int8_static": Conversion(check=check_int8, build=build_int8_static, load=load_int8_static, int8_engine=True,
+                              calibrates=True),
     "fp16": Conversion(check=check_fp16, build=build_cast("fp16"), load=load_cast(torch.float16)),
     "bf16": Conversion(check=check_bf16, build=build_cast("bf16"), load=load_cast(torch.bfloat16)),
 }

@@ -12,7 +12,7 @@ import torch
 
 from alfred_edge import variants
 from alfred_edge.models.file_format import header
-from alfred_edge.quantize.conversions import conversion, quiet_quantization_warnings
+from alfred_edge.quantize.conversions import build_precision, conversion, quiet_quantization_warnings
 from alfred_edge.quantize.files import engine_of, load_variant, read_variant_file, save_unavailable, save_variant
 from alfred_edge.variants import COST_ONLY, VariantUnavailable
 
@@ -82,7 +82,7 @@ def _build_eager(parent_path: Path, source: dict, variant: str, variant_path: Pa
             from alfred_edge.quantize.structure import build_structure
 
             return build_structure(parent, last, settings[last], train_store)
-        return conversion(last).build(parent)
+        return build_precision(parent, last, settings, train_store)
 
     failure = _saved(lambda: save_variant(build(), variant, source, variant_path), variant, source, variant_path,
                      save_unavailable)

@@ -12,8 +12,9 @@ file of variants.float_part) and its precision step is then ONNX Runtime's own:
                   (weights int8 per output channel, activations quantized at run time) and the
                   encoder's LSTM
     int8_static   onnxruntime.quantization.quantize_static (QDQ): MatMuls with a constant
-                  weight, convolutions and transposed convolutions, the activations' ranges
-                  calibrated on batches of the train store run through the float graphs
+                  weight and convolutions, the activations' ranges calibrated on batches of
+                  the train store run through the float graphs; the transposed convolutions
+                  stay float (STATIC_OPS)
 
 variant.json holds the format, the variant, the fp32 file's header (source), the structural
 steps' records (compression), the onnxruntime version that built it, or "unavailable": the
@@ -31,7 +32,9 @@ from alfred_edge.variants import VariantUnavailable
 ONNX_VARIANT_FORMAT = "alfred-edge-onnx-variant/1"
 META = "variant.json"
 DYNAMIC_OPS = ("MatMul", "LSTM")
-STATIC_OPS = ("MatMul", "Conv", "ConvTranspose")
+# Not ConvTranspose: ONNX Runtime's CPU provider has no int8 kernel for it, so quantizing it
+# only wraps the float kernel in a dequantize and a quantize pass.
+STATIC_OPS = ("MatMul", "Conv")
 
 
 def save_onnx_variant(float_model, variant: str, source: dict, folder: str | Path, settings: dict | None = None,
@@ -40,6 +43,7 @@ def save_onnx_variant(float_model, variant: str, source: dict, folder: str | Pat
     already applied). Raises VariantUnavailable where the backend cannot build it here."""
     from alfred_edge.atomic import atomic_path
     from alfred_edge.backends.onnxruntime_model import import_onnxruntime
+    from alfred_edge.quantize.conversions import calibration_batches
 
     error = variants.backend_error(variant, "onnxruntime")
     if error:
@@ -140,17 +144,6 @@ class ListReader:
 
     def get_next(self):
         return next(self.feeds, None)
-
-
-def calibration_batches(train_store, settings: dict) -> list:
-    """The first settings["batches"] batches of settings["batch"] annotations of the train store."""
-    from itertools import islice
-
-    from alfred_edge.evaluate import split_loader
-
-    if train_store is None:
-        raise ValueError("int8_static calibrates on the train store: none given")
-    return list(islice(split_loader(Path(train_store), settings["batch"]), settings["batches"]))
 
 
 def calibration_feeds(float_dir: Path, source: dict, batches) -> dict:

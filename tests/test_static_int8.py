@@ -1,0 +1,93 @@
+"""Eager int8_static (alfred_edge.quantize.static_int8): a transposed convolution's sub-pixel
+form is the same function; the int8 mask decoder stays close to float on inputs like those it
+was calibrated on; its file loads back to identical outputs; it refuses to build without its
+calibration."""
+import warnings
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from alfred_edge import quantize as Q
+from alfred_edge.models import save_model
+from alfred_edge.quantize.conversions import CONVERSIONS
+from alfred_edge.quantize.static_int8 import Int8MaskDecoder, shuffle_channels_last, subpixel_conv
+from model_inputs import one_thread, random_batch, tiny_model, tiny_vocab  # noqa: F401 (fixture)
+
+warnings.filterwarnings("ignore", message=r".*(deprecated|TypedStorage|calculate_qparams).*")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("c_in,c_out,kernel,stride,padding", [
+    (6, 4, 6, 4, 1),  # the mask decoder's folded conv3 / conv2
+    (4, 1, 4, 2, 1),  # its dconv1
+    (3, 5, 3, 1, 1),
+    (2, 3, 8, 4, 2),
+])  # fmt: skip
+def test_subpixel_form_is_the_transposed_convolution(c_in, c_out, kernel, stride, padding, channels_last):
+    torch.manual_seed(0)
+    weight, bias = torch.randn(c_in, c_out, kernel, kernel), torch.randn(c_out)
+    x = torch.randn(2, c_in, 9, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = shuffle_channels_last(subpixel_conv(weight, bias, stride, padding)(x), stride)
+    torch.testing.assert_close(got, F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_subpixel_form_refuses_a_size_it_does_not_reproduce():
+    with pytest.raises(ValueError, match="kernel 3, stride 2, padding 1"):
+        subpixel_conv(torch.randn(2, 2, 3, 3), torch.zeros(2), stride=2, padding=1)
+
+
+def calibrated(name):
+    model = tiny_model(name)
+    calibration = [random_batch(tiny_vocab(), seed=seed) for seed in range(3)]
+    return model, CONVERSIONS["int8_static"].build(model, calibration)
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
+def test_int8_mask_decoder_stays_close_to_float(name):
+    """On a batch drawn like the calibration's: the masks' logits within 5 % of their range
+    and of the same sign almost everywhere, the actions' logits as close as int8_dynamic's."""
+    model, quantized = calibrated(name)
+    decoders = [m for m in quantized.modules() if isinstance(m, Int8MaskDecoder)]
+    assert len(decoders) == 1
+    assert all("quantized" in type(getattr(decoders[0].convs, c)).__module__ for c in ("conv3", "conv2", "conv1"))
+    batch = random_batch(tiny_vocab(), seed=7)
+    with torch.no_grad():
+        expected, got = model(batch), quantized(batch)
+    masks, reference = got["mask_logits"], expected["mask_logits"]
+    assert masks.shape == reference.shape
+    span = reference.max() - reference.min()
+    assert (masks - reference).abs().max() < 0.05 * span
+    assert ((masks > 0) == (reference > 0)).float().mean() > 0.95
+    actions = expected["action_logits"]
+    assert (got["action_logits"] - actions).abs().max() < 0.25 * actions.abs().max()
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
+def test_int8_static_file_loads_back_to_identical_outputs(name, tmp_path):
+    model, quantized = calibrated(name)
+    save_model(model, tmp_path / "fp32.pt")
+    Q.save_variant(quantized, "int8_static", Q.model_header(Q.read_variant_file(tmp_path / "fp32.pt")),
+                   tmp_path / "int8_static.pt")
+    loaded = Q.load_variant(tmp_path / "int8_static.pt", "cpu")
+    batch = random_batch(tiny_vocab(), seed=7)
+    with torch.no_grad():
+        expected, got = quantized(batch), loaded(batch)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_int8_static_needs_its_calibration():
+    with pytest.raises(ValueError, match="needs the train store"):
+        Q.make_variant(tiny_model("lstm"), "int8_static")
+
+
+def test_int8_static_refuses_a_calibration_without_masks():
+    batch = random_batch(tiny_vocab())
+    batch["valid_interact"] = torch.zeros_like(batch["valid_interact"])
+    with pytest.raises(ValueError, match="decoded no mask"):
+        CONVERSIONS["int8_static"].build(tiny_model("lstm"), [batch])
