@@ -1,7 +1,7 @@
 """Eager int8_static (alfred_edge.quantize.static_int8): a transposed convolution's sub-pixel
-form is the same function; the int8 mask decoder stays close to float on inputs like those it
-was calibrated on; its file loads back to identical outputs; it refuses to build without its
-calibration."""
+form is the same function; the model with int8 convolutions stays close to float on inputs
+like those it was calibrated on; its file loads back to identical outputs; it refuses to
+build without its calibration."""
 import warnings
 
 import pytest
@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from alfred_edge import quantize as Q
 from alfred_edge.models import save_model
 from alfred_edge.quantize.conversions import CONVERSIONS
-from alfred_edge.quantize.static_int8 import Int8MaskDecoder, shuffle_channels_last, subpixel_conv
+from alfred_edge.quantize.static_int8 import Int8MaskDecoder, Int8VisualEncoder, shuffle_channels_last, subpixel_conv
 from model_inputs import one_thread, random_batch, tiny_model, tiny_vocab  # noqa: F401 (fixture)
 
 warnings.filterwarnings("ignore", message=r".*(deprecated|TypedStorage|calculate_qparams).*")
@@ -48,13 +48,14 @@ def calibrated(name):
 
 
 @pytest.mark.parametrize("name", ["lstm", "transformer"])
-def test_int8_mask_decoder_stays_close_to_float(name):
-    """On a batch drawn like the calibration's: the masks' logits within 5 % of their range
-    and of the same sign almost everywhere, the actions' logits as close as int8_dynamic's."""
+def test_int8_convolutions_stay_close_to_float(name):
+    """Every convolution int8; on a batch drawn like the calibration's: the masks' logits
+    within 5 % of their range and of the same sign almost everywhere, the actions' logits as
+    close as int8_dynamic's."""
     model, quantized = calibrated(name)
-    decoders = [m for m in quantized.modules() if isinstance(m, Int8MaskDecoder)]
-    assert len(decoders) == 1
-    assert all("quantized" in type(getattr(decoders[0].convs, c)).__module__ for c in ("conv3", "conv2", "conv1"))
+    for kind, convs in ((Int8MaskDecoder, ("conv3", "conv2", "conv1")), (Int8VisualEncoder, ("conv1", "conv2"))):
+        (module,) = [m for m in quantized.modules() if isinstance(m, kind)]
+        assert all("quantized" in type(getattr(module.convs, c)).__module__ for c in convs)
     batch = random_batch(tiny_vocab(), seed=7)
     with torch.no_grad():
         expected, got = model(batch), quantized(batch)
@@ -89,5 +90,5 @@ def test_int8_static_needs_its_calibration():
 def test_int8_static_refuses_a_calibration_without_masks():
     batch = random_batch(tiny_vocab())
     batch["valid_interact"] = torch.zeros_like(batch["valid_interact"])
-    with pytest.raises(ValueError, match="decoded no mask"):
+    with pytest.raises(ValueError, match="never ran dec.mask_dec"):
         CONVERSIONS["int8_static"].build(tiny_model("lstm"), [batch])

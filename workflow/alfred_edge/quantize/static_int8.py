@@ -1,6 +1,7 @@
 """int8_static on the eager backend: int8_dynamic's layers (Linear, LSTM, LSTMCell: torch.ao
-has no static LSTMCell) plus the mask decoder's three transposed convolutions in torch.ao's
-static int8, their activations' ranges calibrated on batches of the train store.
+has no static LSTMCell) plus every convolution in torch.ao's static int8 (the visual
+encoder's two, with their BatchNorm folded in, and the mask decoder's three transposed
+ones), their activations' ranges calibrated on batches of the train store.
 
 torch.ao's int8 transposed convolutions are wrong with oneDNN wherever input and output
 channels differ, and slower than float32 with fbgemm or qnnpack
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alfred_edge.models.lstm import MaskDecoder, mask_features
+from alfred_edge.models.lstm import MaskDecoder, ResnetVisualEncoder, linear, mask_features
 from alfred_edge.quantize.conversions import quantize_int8_dynamic, quiet_quantization_warnings, set_engine
 
 
@@ -105,20 +107,70 @@ class Int8MaskDecoder(nn.Module):
         return F.interpolate(x, size=(self.pframe, self.pframe), mode="bilinear")  # [B,1,P,P]
 
 
-def mask_decoders(model: nn.Module) -> dict[str, MaskDecoder]:
-    return {name: module for name, module in model.named_modules() if isinstance(module, MaskDecoder)}
+class VisualConvs(nn.Module):
+    """The visual encoder's convolutions, each with its BatchNorm and ReLU (which torch.ao
+    fuses into it), between the quantize and dequantize stubs: [B,512,7,7] -> [B,64,7,7]."""
+
+    def __init__(self, encoder: ResnetVisualEncoder):
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.conv1, self.bn1, self.relu1 = encoder.conv1, encoder.bn1, nn.ReLU()
+        self.conv2, self.bn2, self.relu2 = encoder.conv2, encoder.bn2, nn.ReLU()
+        self.dequant = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x):  # x [B,512,7,7]
+        x = self.relu1(self.bn1(self.conv1(self.quant(x))))  # [B,256,7,7]
+        return self.dequant(self.relu2(self.bn2(self.conv2(x))))  # [B,64,7,7]
+
+
+class Int8VisualEncoder(nn.Module):
+    """ResnetVisualEncoder's function with its convolutions in static int8, then its Linear
+    (as int8_dynamic left it)."""
+
+    def __init__(self, encoder: ResnetVisualEncoder, convs: nn.Module):
+        super().__init__()
+        self.convs, self.fc = convs, encoder.fc
+
+    def forward(self, x):  # x [B,512,7,7]
+        x = self.convs(x.contiguous(memory_format=torch.channels_last))  # [B,64,7,7]
+        return linear(self.fc, x.reshape(x.shape[0], -1))  # [B,dframe]
+
+
+@dataclass(frozen=True)
+class StaticForm:
+    """How a float module gets its convolutions in static int8: conv_input(module, its
+    input) is what its convolutions receive; float_convs(module) are those convolutions
+    between the stubs, with `fuse`, the groups torch.ao fuses; int8_module(module, convs)
+    the module's replacement around the converted convolutions."""
+
+    conv_input: Callable
+    float_convs: Callable
+    fuse: tuple
+    int8_module: Callable
+
+
+FORMS = {
+    MaskDecoder: StaticForm(lambda decoder, x: mask_features(decoder.d1, x, decoder.dconv3.in_channels),
+                            SubpixelConvs, (("conv3", "relu3"), ("conv2", "relu2")), Int8MaskDecoder),
+    ResnetVisualEncoder: StaticForm(lambda encoder, x: x, VisualConvs,
+                                    (("conv1", "bn1", "relu1"), ("conv2", "bn2", "relu2")), Int8VisualEncoder),
+}  # fmt: skip
+
+
+def static_targets(model: nn.Module) -> dict[str, nn.Module]:
+    """{name: module} of the modules int8_static gives static int8 convolutions."""
+    return {name: module for name, module in model.named_modules() if type(module) in FORMS}
 
 
 @torch.no_grad()
-def decoder_inputs(model: nn.Module, calibration) -> dict[str, list]:
-    """{decoder's name: [the inputs of its convolutions ([N,64,7,7])]} while the float model
-    decodes the loader batches `calibration` (teacher forcing, masks at the expert's
-    interaction steps)."""
-    inputs = {name: [] for name in mask_decoders(model)}
-    hooks = [decoder.register_forward_pre_hook(
-        lambda module, args, name=name: inputs[name].append(
-            mask_features(module.d1, args[0], module.dconv3.in_channels)))
-        for name, decoder in mask_decoders(model).items()]  # fmt: skip
+def conv_inputs(model: nn.Module, calibration) -> dict[str, list]:
+    """{target's name: [what its convolutions received]} while the float model decodes the
+    loader batches `calibration` (teacher forcing, masks at the expert's interaction steps)."""
+    targets = static_targets(model)
+    inputs = {name: [] for name in targets}
+    hooks = [module.register_forward_pre_hook(
+        lambda module, args, name=name: inputs[name].append(FORMS[type(module)].conv_input(module, args[0])))
+        for name, module in targets.items()]  # fmt: skip
     try:
         for batch in calibration:
             model(batch, teacher_forcing=True)
@@ -128,14 +180,15 @@ def decoder_inputs(model: nn.Module, calibration) -> dict[str, list]:
     return inputs
 
 
-def int8_convs(decoder: MaskDecoder, engine: str, inputs=()) -> nn.Module:
-    """SubpixelConvs of `decoder` in torch.ao's static int8 for `engine` (its default qconfig),
-    the activations' ranges observed on `inputs` (none: torch.ao's default ranges, for a
-    skeleton whose calibrated state is loaded next)."""
+def int8_convs(module: nn.Module, engine: str, inputs=()) -> nn.Module:
+    """The float convolutions of `module` in torch.ao's static int8 for `engine` (its default
+    qconfig), the activations' ranges observed on `inputs` (none: torch.ao's default ranges,
+    for a skeleton whose calibrated state is loaded next)."""
     from torch.ao.quantization import convert, fuse_modules, get_default_qconfig, prepare
 
-    convs = SubpixelConvs(decoder).eval()
-    fuse_modules(convs, [["conv3", "relu3"], ["conv2", "relu2"]], inplace=True)
+    form = FORMS[type(module)]
+    convs = form.float_convs(module).eval()
+    fuse_modules(convs, [list(group) for group in form.fuse], inplace=True)
     convs.qconfig = get_default_qconfig(engine)
     prepare(convs, inplace=True)
     with torch.no_grad():
@@ -148,18 +201,18 @@ def quantize_int8_static(model: nn.Module, calibration=None) -> nn.Module:
     """The int8_static copy of the float `model` on the CPU, calibrated on the loader batches
     `calibration` (a list; empty or None: uncalibrated, for a skeleton)."""
     model = copy.deepcopy(model).to("cpu").eval()
-    inputs = decoder_inputs(model, calibration) if calibration else {}
-    for name, decoded in inputs.items():
-        if not sum(len(x) for x in decoded):  # torch.ao would fall back to scale 1: masks all wrong
-            raise ValueError(f"int8_static's calibration decoded no mask at {name}: its {len(calibration)} batches "
-                             "hold no interaction step (quantize.int8_static: raise batches)")
+    inputs = conv_inputs(model, calibration) if calibration else {}
+    for name, received in inputs.items():
+        if not sum(len(x) for x in received):  # torch.ao would fall back to scale 1: outputs all wrong
+            raise ValueError(f"int8_static's calibration never ran {name}: its {len(calibration)} batches hold "
+                             "no step that needs it (quantize.int8_static: raise batches)")
     engine = set_engine()
     with quiet_quantization_warnings():
-        convs = {name: int8_convs(decoder, engine, inputs.get(name, ())) for name, decoder in mask_decoders(model).items()}
+        convs = {name: int8_convs(module, engine, inputs.get(name, ())) for name, module in static_targets(model).items()}
         quantize_int8_dynamic(model, inplace=True)
-    for name, decoder in mask_decoders(model).items():
+    for name, module in static_targets(model).items():
         owner, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(owner), attribute, Int8MaskDecoder(decoder, convs[name]))
+        setattr(model.get_submodule(owner), attribute, FORMS[type(module)].int8_module(module, convs[name]))
     return model
 
 
