@@ -2,7 +2,10 @@
 static int8 transposed convolutions right and faster than float32 here? Each of the mask
 decoder's transposed convolutions at ALFRED's size (its inference form's three, and ALFRED's
 form's first two, which upsample before them), by each quantized engine this torch has,
-against float32 (oneDNN, channels-last, as the model runs them). Printed, not asserted.
+against float32 (oneDNN, channels-last, as the model runs them); and, per engine, the form
+int8_static runs instead (alfred_edge.quantize.static_int8): the sub-pixel convolution, an
+ordinary int8 convolution, then its channels-last depth-to-space shuffle. Printed, not
+asserted.
 
 - error: max |int8 - float32| / max |float32|, the float32 convolution run on the same
   quantized input with the same int8 weights dequantized, the output's range its min-max (no
@@ -23,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from alfred_edge.models.lstm import MaskDecoder
+from alfred_edge.quantize.static_int8 import shuffle_channels_last, subpixel_conv
 from host_load import host_load
 
 BATCHES = (1, 8)
@@ -55,6 +59,22 @@ def int8_convolution(engine: str, weight, bias, stride: int, padding: int, x):
     conv.scale = (high - min(low, 0.0)) / 255
     conv.zero_point = round(-min(low, 0.0) / conv.scale)
     return conv, qx, reference
+
+
+def subpixel_int8(engine: str, transposed, stride: int, padding: int):
+    """The sub-pixel form of the int8 transposed convolution `transposed`: the same int8
+    weights (the sub-pixel kernel adds zeros only, so its scale is the same) and output scale."""
+    import torch.ao.nn.quantized as nnq
+
+    torch.backends.quantized.engine = engine
+    qweight = transposed.weight()
+    float_conv = subpixel_conv(qweight.dequantize(), transposed.bias(), stride, padding)
+    conv = nnq.Conv2d(float_conv.in_channels, float_conv.out_channels, float_conv.kernel_size,
+                      padding=float_conv.padding)
+    conv.set_weight_bias(torch.quantize_per_tensor(float_conv.weight, qweight.q_scale(), 0, torch.qint8),
+                         float_conv.bias)
+    conv.scale, conv.zero_point = transposed.scale, transposed.zero_point
+    return conv
 
 
 def on_engine(engine: str, conv, qx):
@@ -91,25 +111,31 @@ def main():
                                                F.conv_transpose2d(x, w, b, stride=s, padding=p))  # fmt: skip
             for engine in engines:
                 conv, qx, reference = int8_convolution(engine, weight, bias, stride, padding, x)
-                out = on_engine(engine, conv, qx).dequantize()
-                error = float((out - reference).abs().max() / reference.abs().max())
-                errors[(name, engine)] = max(error, errors.get((name, engine), 0.0))
-                kinds[(name, batch, f"int8 {engine}")] = lambda conv=conv, qx=qx, e=engine: on_engine(e, conv, qx)
+                subpixel = subpixel_int8(engine, conv, stride, padding)
+                forms = {f"int8 {engine}": lambda conv=conv, qx=qx, e=engine: on_engine(e, conv, qx),
+                         f"sub-pixel {engine}": lambda conv=subpixel, qx=qx, e=engine, s=stride:
+                         shuffle_channels_last(on_engine(e, conv, qx), s)}  # fmt: skip
+                for label, form in forms.items():
+                    error = float((form().dequantize() - reference).abs().max() / reference.abs().max())
+                    errors[(name, label)] = max(error, errors.get((name, label), 0.0))
+                    kinds[(name, batch, label)] = form
     times = {key: [] for key in kinds}
     for _ in range(args.rounds + 1):  # the first round warms up
         for key, fn in kinds.items():
             times[key].append(median_call_ms(fn, args.repeats))
     medians = {key: statistics.median(values[1:]) for key, values in times.items()}
-    labels = ["float32"] + [f"int8 {e}" for e in engines]
     print(f"\nms a call, median of {args.rounds} rounds (x float32); error: max |int8 - float32| / max |float32|")
     for name in layers:
         print(f"  {name}")
         for batch in BATCHES:
             base = medians[(name, batch, "float32")]
-            cells = [f"{label} {medians[(name, batch, label)]:.2f} ({medians[(name, batch, label)] / base:.2f}x)"
-                     for label in labels]  # fmt: skip
-            print(f"    batch {batch}: " + ", ".join(cells))
-        print("    error: " + ", ".join(f"{e} {errors[(name, e)]:.3f}" for e in engines))
+            print(f"    batch {batch}: float32 {base:.2f}")
+            for form in ("int8", "sub-pixel"):
+                cells = [f"{e} {medians[(name, batch, f'{form} {e}')]:.2f} "
+                         f"({medians[(name, batch, f'{form} {e}')] / base:.2f}x)" for e in engines]  # fmt: skip
+                print(f"      {form:9s} " + ", ".join(cells))
+        for form in ("int8", "sub-pixel"):
+            print(f"    error {form:9s} " + ", ".join(f"{e} {errors[(name, f'{form} {e}')]:.3f}" for e in engines))
     print(f"after: {host_load()}")
 
 
