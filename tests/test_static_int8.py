@@ -41,6 +41,11 @@ def test_subpixel_form_refuses_a_size_it_does_not_reproduce():
         subpixel_conv(torch.randn(2, 2, 3, 3), torch.zeros(2), stride=2, padding=1)
 
 
+def assert_masks_close(masks, reference):
+    assert (masks - reference).abs().mean() < 0.01 * (reference.max() - reference.min())
+    assert ((masks > 0) == (reference > 0)).float().mean() > 0.99
+
+
 def calibrated(name):
     model = tiny_model(name)
     calibration = [random_batch(tiny_vocab(), seed=seed) for seed in range(3)]
@@ -50,8 +55,9 @@ def calibrated(name):
 @pytest.mark.parametrize("name", ["lstm", "transformer"])
 def test_int8_convolutions_stay_close_to_float(name):
     """Every convolution int8; on a batch drawn like the calibration's: the masks' logits
-    within 5 % of their range and of the same sign almost everywhere, the actions' logits as
-    close as int8_dynamic's."""
+    within 1 % of their range on average and of the same sign almost everywhere, the actions'
+    logits as close as int8_dynamic's. (Not the largest error: torch.ao's x86 observer clips
+    the rare extremes of a range, where that error lies.)"""
     model, quantized = calibrated(name)
     for kind, convs in ((Int8MaskDecoder, ("conv3", "conv2", "conv1")), (Int8VisualEncoder, ("conv1", "conv2"))):
         (module,) = [m for m in quantized.modules() if isinstance(m, kind)]
@@ -61,9 +67,7 @@ def test_int8_convolutions_stay_close_to_float(name):
         expected, got = model(batch), quantized(batch)
     masks, reference = got["mask_logits"], expected["mask_logits"]
     assert masks.shape == reference.shape
-    span = reference.max() - reference.min()
-    assert (masks - reference).abs().max() < 0.05 * span
-    assert ((masks > 0) == (reference > 0)).float().mean() > 0.95
+    assert_masks_close(masks, reference)
     actions = expected["action_logits"]
     assert (got["action_logits"] - actions).abs().max() < 0.25 * actions.abs().max()
 
@@ -92,3 +96,19 @@ def test_int8_static_refuses_a_calibration_without_masks():
     batch["valid_interact"] = torch.zeros_like(batch["valid_interact"])
     with pytest.raises(ValueError, match="never ran dec.mask_dec"):
         CONVERSIONS["int8_static"].build(tiny_model("lstm"), [batch])
+
+
+@pytest.mark.parametrize("step", ["pruned", "lowrank"])
+def test_int8_static_builds_on_a_structural_step(step):
+    """Composites (pruned+int8_static, lowrank+int8_static): the sub-pixel forms follow the
+    pruned decoder's channels, the int8 layers the factorised ones."""
+    from alfred_edge.quantize.structure import build_structure
+    from test_compression import SETTINGS
+
+    shrunk = build_structure(tiny_model("lstm"), step, {**SETTINGS[step], "finetune": {"steps": 0}})
+    calibration = [random_batch(tiny_vocab(), seed=seed) for seed in range(3)]
+    quantized = CONVERSIONS["int8_static"].build(shrunk, calibration)
+    batch = random_batch(tiny_vocab(), seed=7)
+    with torch.no_grad():
+        expected, got = shrunk(batch)["mask_logits"], quantized(batch)["mask_logits"]
+    assert_masks_close(got, expected)
