@@ -148,6 +148,7 @@ class MaskDecoder(nn.Module):
     BatchNorm then normalises with the batch's statistics."""
 
     FOLDED = ("conv3", "conv2")  # (transposed conv, its BatchNorm): dconv3 + bn2, dconv2 + bn1
+    FOLDED_STRIDE, FOLDED_PADDING = 4, 1  # fold_upsampling's: the upsampling's 2 x the convolution's 2
 
     def __init__(self, d_in: int, pframe: int = 300):
         super().__init__()
@@ -198,8 +199,9 @@ class MaskDecoder(nn.Module):
         return F.relu(self.bn1(self.dconv2(x)))  # [B,16,112,112]
 
     def inference_form(self, x):
-        x = F.relu(F.conv_transpose2d(x, self.conv3_weight, self.conv3_bias, stride=4, padding=1))  # [B,32,28,28]
-        return F.relu(F.conv_transpose2d(x, self.conv2_weight, self.conv2_bias, stride=4, padding=1))
+        s, p = self.FOLDED_STRIDE, self.FOLDED_PADDING
+        x = F.relu(F.conv_transpose2d(x, self.conv3_weight, self.conv3_bias, stride=s, padding=p))  # [B,32,28,28]
+        return F.relu(F.conv_transpose2d(x, self.conv2_weight, self.conv2_bias, stride=s, padding=p))
 
 
 class ConvFrameMaskDecoder(nn.Module):

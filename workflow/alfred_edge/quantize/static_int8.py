@@ -78,18 +78,21 @@ class SubpixelConvs(nn.Module):
 
     def __init__(self, decoder: MaskDecoder):
         super().__init__()
+        stride, padding, last = decoder.FOLDED_STRIDE, decoder.FOLDED_PADDING, decoder.dconv1
+        self.strides = (stride, stride, last.stride[0])
         self.quant = torch.ao.quantization.QuantStub()
-        self.conv3 = subpixel_conv(decoder.conv3_weight, decoder.conv3_bias, stride=4, padding=1)
+        self.conv3 = subpixel_conv(decoder.conv3_weight, decoder.conv3_bias, stride, padding)
         self.relu3 = nn.ReLU()
-        self.conv2 = subpixel_conv(decoder.conv2_weight, decoder.conv2_bias, stride=4, padding=1)
+        self.conv2 = subpixel_conv(decoder.conv2_weight, decoder.conv2_bias, stride, padding)
         self.relu2 = nn.ReLU()
-        self.conv1 = subpixel_conv(decoder.dconv1.weight, decoder.dconv1.bias, stride=2, padding=1)
+        self.conv1 = subpixel_conv(last.weight, last.bias, last.stride[0], last.padding[0])
         self.dequant = torch.ao.quantization.DeQuantStub()
 
     def forward(self, x):  # x [B,64,7,7]
-        x = shuffle_channels_last(self.relu3(self.conv3(self.quant(x))), 4)  # [B,32,28,28]
-        x = shuffle_channels_last(self.relu2(self.conv2(x)), 4)  # [B,16,112,112]
-        return self.dequant(shuffle_channels_last(self.conv1(x), 2))  # [B,1,224,224]
+        s3, s2, s1 = self.strides
+        x = shuffle_channels_last(self.relu3(self.conv3(self.quant(x))), s3)  # [B,32,28,28]
+        x = shuffle_channels_last(self.relu2(self.conv2(x)), s2)  # [B,16,112,112]
+        return self.dequant(shuffle_channels_last(self.conv1(x), s1))  # [B,1,224,224]
 
 
 class Int8MaskDecoder(nn.Module):
