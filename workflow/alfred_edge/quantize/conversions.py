@@ -337,7 +337,8 @@ def _cast(value, dtype: torch.dtype):
     return value.to(dtype) if _needs_cast(value, dtype) else value
 
 
-# --- int8_static: int8_dynamic plus the mask decoder's convolutions (static_int8.py) -------
+# --- int8_static: int8_dynamic plus every convolution in static int8 (static_int8.py, -----
+# imported when used: it builds on this module)
 
 
 def build_int8_static(model: nn.Module, calibration: list) -> nn.Module:
