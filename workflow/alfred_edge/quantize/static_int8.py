@@ -3,8 +3,8 @@ has no static LSTMCell) plus every convolution in torch.ao's static int8 (the vi
 encoder's two, with their BatchNorm folded in, and the mask decoder's three transposed
 ones), their activations' ranges calibrated on batches of the train store.
 
-torch.ao's int8 transposed convolutions are wrong with oneDNN wherever input and output
-channels differ, and slower than float32 with fbgemm or qnnpack
+torch.ao's int8 transposed convolutions are wrong with oneDNN for each of ours
+with more than one output channel, and slower than float32 with fbgemm or qnnpack
 (benchmarks/int8_transposed_conv.py); its ordinary int8 convolutions are right and fast. So
 each transposed convolution runs as its sub-pixel form: an ordinary convolution that
 computes the s x s output phases as channels, then a depth-to-space shuffle of them
