@@ -8,8 +8,8 @@ storage plan and the report read it without torch.
                   float) or ONNX Runtime's quantizer (its MatMul and LSTM operators)
     int8_static   static int8, the activations' ranges calibrated on the train store: ONNX
                   Runtime's (QDQ) of the MatMuls and convolutions; on eager, int8_dynamic's
-                  layers plus the mask decoder's convolutions in torch.ao's static int8
-                  (alfred_edge.quantize.static_int8)
+                  layers plus every convolution (the visual encoder's and the mask
+                  decoder's) in torch.ao's static int8 (alfred_edge.quantize.static_int8)
     fp16, bf16    every floating weight and buffer cast to half / bfloat16
     lowrank       truncated-SVD factorisation of the large Linear layers (and of the LSTM
                   cell's input weights), at a configured energy or rank
