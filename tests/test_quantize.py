@@ -154,6 +154,13 @@ def test_engine_is_chosen_per_cpu_family():
     assert Q.choose_engine("aarch64", every) == "qnnpack"  # never x86 on ARM (torch 2.11 bug)
 
 
+def test_static_convolutions_prefer_onednn_on_x86():
+    every = ["qnnpack", "onednn", "x86", "fbgemm"]
+    assert Q.choose_engine("x86_64", every, conversions.CONV_ENGINES) == "onednn"
+    assert Q.choose_engine("x86_64", ["x86", "fbgemm"], conversions.CONV_ENGINES) == "x86"
+    assert Q.choose_engine("aarch64", every, conversions.CONV_ENGINES) == "qnnpack"
+
+
 def test_missing_engine_names_what_is_supported():
     with pytest.raises(Q.VariantUnavailable, match=r"'arm'.*\['x86', 'fbgemm'\].*qnnpack"):
         Q.choose_engine("aarch64", ["x86", "fbgemm"])

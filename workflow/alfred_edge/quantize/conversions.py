@@ -29,6 +29,10 @@ DYNAMIC_INT8_TYPES = (nn.Linear, nn.LSTM, nn.LSTMCell)
 INT8_TORCH_RANGE = "torch 2.4 to 2.15 (eager torch.ao.quantization.quantize_dynamic)"
 # Engines per CPU family, most preferred first (x86 = fbgemm + oneDNN heuristics).
 ENGINES = {"x86": ("x86", "fbgemm"), "arm": ("qnnpack",)}
+# int8_static's convolutions on x86 are packed for oneDNN: the x86 engine packs them for
+# fbgemm on CPUs without AVX512-VNNI, whose int8 convolutions with few output channels (the
+# mask decoder's) are several times slower than oneDNN's (benchmarks/int8_transposed_conv.py).
+CONV_ENGINES = {**ENGINES, "x86": ("onednn", *ENGINES["x86"])}
 DEVICE_NAMES = {"cpu": "the CPU", "cuda": "CUDA"}
 
 
@@ -40,13 +44,13 @@ class Conversion:
     the train store for a step that calibrates (calibrates), else None. load(skeleton,
     state, device, path): the variant's model on `device` from `skeleton(device)`, its float
     model with random or meta weights, and the file's weights `state` (`path` names the file
-    in errors). int8_engine: its file records the quantized engine its weights were packed
-    for."""
+    in errors). engine(): the quantized engines its weights are packed for, which its file
+    records (None: not an int8 step)."""
 
     check: Callable[[torch.device], None]
     build: Callable[[nn.Module, list | None], nn.Module]
     load: Callable[[Callable[[str], nn.Module], dict, torch.device, Path], nn.Module]
-    int8_engine: bool = False
+    engine: Callable[[], str] | None = None
     calibrates: bool = False
 
 
@@ -134,13 +138,14 @@ def cpu_family(machine: str | None = None) -> str:
     return machine
 
 
-def choose_engine(machine: str | None = None, supported: list[str] | None = None) -> str:
-    """The quantized engine for this CPU: x86 (or fbgemm) on x86, qnnpack on ARM (torch
-    2.11 made x86 the default engine on ARM too, where every quantized op then fails with
-    "unknown architecure": pytorch/pytorch#177254)."""
+def choose_engine(machine: str | None = None, supported: list[str] | None = None, engines: dict = ENGINES) -> str:
+    """The quantized engine for this CPU, the first of engines[its family] this torch has:
+    by default x86 (or fbgemm) on x86, qnnpack on ARM (torch 2.11 made x86 the default engine
+    on ARM too, where every quantized op then fails with "unknown architecure":
+    pytorch/pytorch#177254)."""
     supported = list(torch.backends.quantized.supported_engines if supported is None else supported)
     family = cpu_family(machine)
-    wanted = ENGINES.get(family, ())
+    wanted = engines.get(family, ())
     for engine in wanted:
         if engine in supported:
             return engine
@@ -155,6 +160,10 @@ def set_engine(machine: str | None = None) -> str:
     engine = choose_engine(machine)
     torch.backends.quantized.engine = engine
     return engine
+
+
+def current_engine() -> str:
+    return torch.backends.quantized.engine
 
 
 def quantize_dynamic_function():
@@ -353,11 +362,16 @@ def load_int8_static(skeleton: Callable[[str], nn.Module], state: dict, device: 
     return load(skeleton, state, device, path)
 
 
+def int8_static_engines() -> str:
+    convs = choose_engine(engines=CONV_ENGINES)
+    return current_engine() if convs == current_engine() else f"{current_engine()}, convolutions {convs}"
+
+
 CONVERSIONS = {
     "fp32": Conversion(check=no_check, build=as_is, load=load_cast(None)),
-    "int8_dynamic": Conversion(check=check_int8, build=build_int8_dynamic, load=load_int8, int8_engine=True),
-    "int8_static": Conversion(check=check_int8, build=build_int8_static, load=load_int8_static, int8_engine=True,
-                              calibrates=True),
+    "int8_dynamic": Conversion(check=check_int8, build=build_int8_dynamic, load=load_int8, engine=current_engine),
+    "int8_static": Conversion(check=check_int8, build=build_int8_static, load=load_int8_static,
+                              engine=int8_static_engines, calibrates=True),
     "fp16": Conversion(check=check_fp16, build=build_cast("fp16"), load=load_cast(torch.float16)),
     "bf16": Conversion(check=check_bf16, build=build_cast("bf16"), load=load_cast(torch.bfloat16)),
 }

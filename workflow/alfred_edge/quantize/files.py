@@ -43,13 +43,13 @@ def save_unavailable(variant: str, reason: str, source: dict, path: str | Path) 
 
 
 def engine_of(variant: str) -> str | None:
-    """The quantized engine a variant's weights are packed for (None: not an int8 variant, or
-    a name without a conversion, whose file records only why it could not be built)."""
+    """The quantized engines a variant's weights are packed for (None: not an int8 variant,
+    or a name without a conversion, whose file records only why it could not be built)."""
     if variants.name_error(variant) is not None:
         return None
     step = variants.precision_step(variant)
-    packed = step in CONVERSIONS and CONVERSIONS[step].int8_engine
-    return torch.backends.quantized.engine if packed else None
+    engine = CONVERSIONS[step].engine if step in CONVERSIONS else None
+    return engine() if engine else None
 
 
 def _payload(variant: str, source: dict) -> dict:

@@ -11,7 +11,8 @@ computes the s x s output phases as channels, then a depth-to-space shuffle of t
 (subpixel_conv, shuffle_channels_last). The same function, exactly in float; in int8 the
 shuffle moves bytes of one scale, so the int8 tensor flows from the first convolution to the
 last and is dequantized once, before the bilinear resize (which stays float: torch's quint8
-bilinear is slower than its float one).
+bilinear is slower than its float one). The convolutions are packed for CONV_ENGINES' engine
+(oneDNN on x86), the Linear and LSTM layers for the int8 engine (ENGINES').
 
     model = quantize_int8_static(float_model, calibration)  # loader batches of the train store
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,7 +30,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from alfred_edge.models.lstm import MaskDecoder, ResnetVisualEncoder, linear, mask_features
-from alfred_edge.quantize.conversions import quantize_int8_dynamic, quiet_quantization_warnings, set_engine
+from alfred_edge.quantize.conversions import (
+    CONV_ENGINES,
+    choose_engine,
+    quantize_int8_dynamic,
+    quiet_quantization_warnings,
+    set_engine,
+)
 
 
 def subpixel_conv(weight, bias, stride: int, padding: int) -> nn.Conv2d:
@@ -216,7 +224,30 @@ def quantize_int8_static(model: nn.Module, calibration=None) -> nn.Module:
     for name, module in static_targets(model).items():
         owner, _, attribute = name.rpartition(".")
         setattr(model.get_submodule(owner), attribute, FORMS[type(module)].int8_module(module, convs[name]))
+    pack_convs(model)
     return model
+
+
+@contextmanager
+def quantized_engine(engine: str):
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def pack_convs(model: nn.Module) -> None:
+    """Pack the weights of every static int8 convolution in `model` for CONV_ENGINES' engine.
+    torch.ao packs them for the engine set when they are converted or loaded, the one the
+    Linear and LSTM layers need."""
+    from torch.ao.nn.quantized import Conv2d
+
+    with quantized_engine(choose_engine(engines=CONV_ENGINES)):
+        for module in model.modules():
+            if isinstance(module, Conv2d):  # and its fused ConvReLU2d
+                module.set_weight_bias(module.weight(), module.bias())
 
 
 def load_int8_static(skeleton: Callable[[str], nn.Module], state: dict, device: torch.device, path: Path) -> nn.Module:
@@ -227,4 +258,5 @@ def load_int8_static(skeleton: Callable[[str], nn.Module], state: dict, device: 
         model = quantize_int8_static(skeleton("cpu"))
     with quiet_quantization_warnings():
         model.load_state_dict(state)
+    pack_convs(model)
     return model.eval()
