@@ -8,8 +8,9 @@ ordinary int8 convolution, then its channels-last depth-to-space shuffle. Printe
 asserted.
 
 - error: max |int8 - float32| / max |float32|, the float32 convolution run on the same
-  quantized input with the same int8 weights dequantized, the output's range its min-max (no
-  clipping): what is left is the kernel's own error, a few hundredths at most when it is right;
+  quantized input (7-bit, as int8_static's) with the same int8 weights dequantized, the
+  output's range its min-max (no clipping): what is left is the kernel's own error, a few
+  hundredths at most when it is right;
 - speed: the median over rounds of each round's median call, the kinds taking turns round by
   round, at batch 1 and 8.
 
@@ -51,7 +52,9 @@ def int8_convolution(engine: str, weight, bias, stride: int, padding: int, x):
 
     torch.backends.quantized.engine = engine
     qweight = torch.quantize_per_tensor(weight, float(weight.abs().max()) / 127, 0, torch.qint8)
-    qx = torch.quantize_per_tensor(x, float(x.max()) / 255, 0, torch.quint8)
+    # 7-bit input, as torch.ao's x86 qconfig quantizes activations (reduce_range): without
+    # VNNI, x86 kernels add pairs of uint8 x int8 products in int16, which 8 bits saturate
+    qx = torch.quantize_per_tensor(x, float(x.max()) / 127, 0, torch.quint8)
     reference = F.conv_transpose2d(qx.dequantize(), qweight.dequantize(), bias, stride=stride, padding=padding)
     conv = nnq.ConvTranspose2d(weight.shape[0], weight.shape[1], weight.shape[-1], stride=stride, padding=padding)
     conv.set_weight_bias(qweight, bias)
