@@ -164,10 +164,11 @@ def eval_table(row: dict, splits) -> "pd.DataFrame":
     <variant>.onnxruntime.eval.parquet): model, variant, backend (eager | onnxruntime),
     status (ok | unavailable | failed), reason, file_size_bytes (the onnxruntime folder's
     graphs), file_size_mb (1e6 bytes), fp32_file_size_bytes (the eager fp32 file), size_ratio
-    (file / fp32 file), engine (eager int8), eval_device (onnxruntime: the CPU provider's
-    "cpu"), torch_version, and per split: accuracy_<split> (teacher-forced
-    action accuracy, 0..1), action_f1_<split>, action_em_<split>, mask_iou_<split>,
-    loss_<split> (teacher-forced), n_annotations_<split>; NaN where the variant was not evaluated."""
+    (file / fp32 file), engine (eager int8: the quantized engines its weights are packed
+    for), eval_device (onnxruntime: the CPU provider's "cpu"), torch_version, and per split:
+    accuracy_<split> (teacher-forced action accuracy, 0..1), action_f1_<split>,
+    action_em_<split>, mask_iou_<split>, loss_<split> (teacher-forced), n_annotations_<split>;
+    NaN where the variant was not evaluated."""
     import pandas as pd
 
     row = {"engine": "", "eval_device": "", "file_size_bytes": float("nan"), **row}

@@ -16,6 +16,8 @@ file of variants.float_part) and its precision step is then ONNX Runtime's own:
                   the train store run through the float graphs; the transposed convolutions
                   stay float (STATIC_OPS)
 
+Both keep their weights within 7 bits (REDUCE_RANGE).
+
 variant.json holds the format, the variant, the fp32 file's header (source), the structural
 steps' records (compression), the onnxruntime version that built it, or "unavailable": the
 reason it could not be built, and no graphs.
@@ -35,6 +37,10 @@ DYNAMIC_OPS = ("MatMul", "LSTM")
 # Not ConvTranspose: ONNX Runtime's CPU provider has no int8 kernel for it, so quantizing it
 # only wraps the float kernel in a dequantize and a quantize pass.
 STATIC_OPS = ("MatMul", "Conv")
+# Weights in 7 bits (the quantizers' reduce_range): on x86 CPUs without VNNI, ONNX Runtime's
+# uint8 x int8 kernels add pairs of products in int16, which 8-bit weights saturate. A folder
+# may be built on one host and run on another, so every folder is safe on every host.
+REDUCE_RANGE = True
 
 
 def save_onnx_variant(float_model, variant: str, source: dict, folder: str | Path, settings: dict | None = None,
@@ -121,7 +127,7 @@ def _quantize_dynamic(source_dir: Path, out_dir: Path, graphs) -> None:
 
     for name in graphs:
         quantize_dynamic(source_dir / f"{name}.onnx", out_dir / f"{name}.onnx", weight_type=QuantType.QInt8,
-                         per_channel=True, op_types_to_quantize=list(DYNAMIC_OPS),
+                         per_channel=True, reduce_range=REDUCE_RANGE, op_types_to_quantize=list(DYNAMIC_OPS),
                          extra_options={"MatMulConstBOnly": True})
 
 
@@ -132,6 +138,7 @@ def _quantize_static(source_dir: Path, out_dir: Path, graphs, source: dict, batc
     for name in graphs:
         quantize_static(source_dir / f"{name}.onnx", out_dir / f"{name}.onnx", ListReader(feeds[name]),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=list(STATIC_OPS), per_channel=True,
+                        reduce_range=REDUCE_RANGE,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, extra_options={"MatMulConstBOnly": True})
 
