@@ -5,11 +5,14 @@ every eval row records its backend."""
 import math
 import warnings
 
+import onnx
 import pandas as pd
 import pytest
 import torch
+from onnx import numpy_helper
 
 from alfred_edge import quantize as Q
+from alfred_edge.backends.onnx_export import GRAPH_NAMES
 from alfred_edge import variants
 from alfred_edge.models import save_model
 from alfred_edge.quantize import structure
@@ -134,6 +137,18 @@ def test_int8_variants_are_close_to_fp32(lstm_jobs):
         assert row["status"] == "ok", row["reason"]
         assert row["file_size_bytes"] < rows[("fp32", backend)][0]["file_size_bytes"]
         assert abs(row["accuracy_valid_seen"] - fp32["accuracy_valid_seen"]) < 0.05
+
+
+def test_onnxruntime_int8_weights_stay_within_7_bits(lstm_jobs):
+    """Both quantizers' (reduce_range: no int16 saturation in x86 kernels without VNNI)."""
+    _, rows = lstm_jobs
+    for variant in ("int8_dynamic", "int8_static"):
+        folder = rows[(variant, "onnxruntime")][1]
+        weights = [numpy_helper.to_array(tensor) for graph in GRAPH_NAMES
+                   for tensor in onnx.load(folder / f"{graph}.onnx").graph.initializer
+                   if tensor.data_type == onnx.TensorProto.INT8]  # fmt: skip
+        assert weights, variant
+        assert all(-64 <= w.min() and w.max() <= 64 for w in weights), variant
 
 
 def test_a_variant_a_backend_cannot_run_is_a_row_saying_why(lstm_jobs):
